@@ -1,0 +1,182 @@
+#include "compressors/bucket_codec.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+namespace gradcomp {
+namespace {
+
+constexpr int64_t kByteAlignment = 8;
+
+// FNV-1a: a stable per-name key for counter-based RNGs (std::hash may differ between builds).
+uint64_t name_key(const std::string& name) {
+  uint64_t h = 1469598103934665603ull;
+  for (const unsigned char c : name) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+int64_t align_up(int64_t value, int64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+}  // namespace
+
+int64_t Channel::bytes() const { return numel * static_cast<int64_t>(c10::elementSize(dtype)); }
+
+BucketCodec::BucketCodec(std::shared_ptr<const Compressor> compressor,
+                         std::vector<BucketEntry> entries,
+                         std::shared_ptr<ErrorFeedback> error_feedback, uint64_t seed)
+    : compressor_(std::move(compressor)), seed_(seed) {
+  TORCH_CHECK_VALUE(compressor_ != nullptr, "BucketCodec: compressor is null");
+  if (!compressor_->lossless()) error_feedback_ = std::move(error_feedback);
+
+  // Channel 0 is the fp32 allreduce; the payload channel, if separate, comes after it.
+  const bool payload_in_dense = compressor_->collective() == Collective::kAllReduce &&
+                                compressor_->payload_dtype() == at::kFloat;
+  channels_.push_back({Collective::kAllReduce, at::kFloat, 0});
+  int64_t payload_channel = 0;
+  if (!payload_in_dense) {
+    channels_.push_back({compressor_->collective(), compressor_->payload_dtype(), 0});
+    payload_channel = 1;
+  }
+
+  int64_t expected_offset = 0;
+  for (auto& entry : entries) {
+    TORCH_CHECK_VALUE(entry.numel >= 1, "BucketCodec: parameter '", entry.name,
+                      "' has numel=", entry.numel, "; must be >= 1");
+    TORCH_CHECK_VALUE(entry.offset >= expected_offset, "BucketCodec: parameter '", entry.name,
+                      "' starts at ", entry.offset, ", overlapping the previous one (ends at ",
+                      expected_offset, ")");
+    expected_offset = entry.offset + entry.numel;
+    numel_ += entry.numel;
+
+    Placement p{entry, 0, 0, entry.numel, -1, name_key(entry.name)};
+    if (entry.compress) {
+      p.channel = payload_channel;
+      p.channel_numel = compressor_->payload_numel(entry.numel);
+      if (error_feedback_) p.residual_slot = error_feedback_->slot(entry.name, entry.numel);
+    }
+    Channel& channel = channels_[p.channel];
+    if (channel.dtype == at::kByte) {
+      const int64_t aligned = align_up(channel.numel, kByteAlignment);
+      has_padding_ = has_padding_ || aligned != channel.numel;
+      channel.numel = aligned;
+    }
+    p.channel_offset = channel.numel;
+    channel.numel += p.channel_numel;
+    placements_.push_back(std::move(p));
+  }
+  for (auto& channel : channels_) {
+    if (channel.dtype == at::kByte) {
+      const int64_t aligned = align_up(channel.numel, kByteAlignment);
+      has_padding_ = has_padding_ || aligned != channel.numel;
+      channel.numel = aligned;
+    }
+  }
+  // Drop empty channels, renumbering the placements that point past them.
+  std::vector<int64_t> renumber(channels_.size(), -1);
+  std::vector<Channel> kept;
+  for (size_t i = 0; i < channels_.size(); ++i) {
+    if (channels_[i].numel == 0) continue;
+    renumber[i] = static_cast<int64_t>(kept.size());
+    kept.push_back(channels_[i]);
+  }
+  channels_ = std::move(kept);
+  for (auto& p : placements_) p.channel = renumber[p.channel];
+  // The bucket may hold padding between parameters; numel_ counts gradient elements only.
+  bucket_extent_ = expected_offset;
+}
+
+int64_t BucketCodec::bytes_sent() const {
+  int64_t total = 0;
+  for (const auto& channel : channels_) total += channel.bytes();
+  return total;
+}
+
+void BucketCodec::check_bucket(const at::Tensor& bucket) const {
+  TORCH_CHECK_VALUE(bucket.dim() == 1 && bucket.is_contiguous(),
+                    "gradient bucket must be a contiguous 1-D tensor, got shape ", bucket.sizes());
+  TORCH_CHECK_VALUE(bucket.numel() >= bucket_extent_, "gradient bucket has ", bucket.numel(),
+                    " elements but its layout needs ", bucket_extent_);
+  TORCH_CHECK_TYPE(at::isFloatingType(bucket.scalar_type()),
+                   "gradient bucket must be floating point, got ", bucket.scalar_type());
+}
+
+std::vector<at::Tensor> BucketCodec::encode(const at::Tensor& bucket, int64_t step) const {
+  check_bucket(bucket);
+  std::vector<at::Tensor> messages;
+  messages.reserve(channels_.size());
+  for (const auto& channel : channels_) {
+    const auto options = at::TensorOptions().dtype(channel.dtype).device(bucket.device());
+    // Zero padding so that what crosses the wire is fully determined.
+    messages.push_back(has_padding_ && channel.dtype == at::kByte
+                           ? at::zeros({channel.numel}, options)
+                           : at::empty({channel.numel}, options));
+  }
+  for (const auto& p : placements_) {
+    const auto source = bucket.narrow(0, p.entry.offset, p.entry.numel);
+    const auto target = messages[p.channel].narrow(0, p.channel_offset, p.channel_numel);
+    if (!p.entry.compress) {
+      target.copy_(source);
+      continue;
+    }
+    const auto grad = source.scalar_type() == at::kFloat ? source : source.to(at::kFloat);
+    const CompressContext ctx{seed_, step, p.tensor_key};
+    if (p.residual_slot >= 0) {
+      const auto residual = error_feedback_->residual(p.residual_slot, bucket.device());
+      compressor_->compress_with_feedback(grad, residual, target, ctx);
+    } else {
+      compressor_->compress(grad, target, ctx);
+    }
+  }
+  return messages;
+}
+
+void BucketCodec::decode(const at::Tensor& bucket, const std::vector<at::Tensor>& received,
+                         int64_t world_size) const {
+  check_bucket(bucket);
+  TORCH_CHECK_VALUE(world_size >= 1, "world_size=", world_size, " must be >= 1");
+  TORCH_CHECK_VALUE(received.size() == channels_.size(), "decode: got ", received.size(),
+                    " tensors for ", channels_.size(), " channels");
+  for (size_t i = 0; i < channels_.size(); ++i) {
+    const auto& channel = channels_[i];
+    const int64_t expected =
+        channel.collective == Collective::kAllGather ? world_size * channel.numel : channel.numel;
+    TORCH_CHECK_VALUE(received[i].scalar_type() == channel.dtype && received[i].dim() == 1 &&
+                          received[i].is_contiguous() && received[i].numel() == expected,
+                      "decode: channel ", i, " (", collective_name(channel.collective),
+                      ") must be a contiguous 1-D ", channel.dtype, " tensor of ", expected,
+                      " elements, got ", received[i].scalar_type(), " of shape ",
+                      received[i].sizes());
+    // Summed channels are averaged once, before unpacking (decompression is linear).
+    if (channel.collective == Collective::kAllReduce) received[i].div_(world_size);
+  }
+  for (const auto& p : placements_) {
+    const auto target = bucket.narrow(0, p.entry.offset, p.entry.numel);
+    const auto& message = received[p.channel];
+    if (!p.entry.compress) {
+      target.copy_(message.narrow(0, p.channel_offset, p.channel_numel));
+      continue;
+    }
+    const bool in_place = target.scalar_type() == at::kFloat;
+    const auto out = in_place ? target : at::empty({p.entry.numel}, target.options().dtype(at::kFloat));
+    out.zero_();
+    if (channels_[p.channel].collective == Collective::kAllReduce) {
+      compressor_->decompress_add(message.narrow(0, p.channel_offset, p.channel_numel), out);
+    } else {
+      const int64_t stride = channels_[p.channel].numel;
+      for (int64_t r = 0; r < world_size; ++r) {
+        compressor_->decompress_add(
+            message.narrow(0, r * stride + p.channel_offset, p.channel_numel), out);
+      }
+      out.div_(world_size);
+    }
+    if (!in_place) target.copy_(out);
+  }
+}
+
+}  // namespace gradcomp

@@ -1,0 +1,78 @@
+#include "compressors/compressor.h"
+
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/Exception.h>
+
+namespace gradcomp {
+namespace {
+
+void check_flat_float(const at::Tensor& t, const char* what) {
+  TORCH_CHECK_VALUE(t.defined(), what, " is undefined");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, what, " must be float32, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.is_contiguous(), what,
+                    " must be a contiguous 1-D tensor, got shape ", t.sizes(),
+                    t.is_contiguous() ? "" : " (non-contiguous)");
+  TORCH_CHECK_VALUE(t.numel() >= 1, what, " must have at least one element");
+}
+
+void check_payload(const Compressor& c, const at::Tensor& payload, int64_t numel) {
+  TORCH_CHECK_VALUE(payload.defined(), c.name(), ": payload is undefined");
+  TORCH_CHECK_TYPE(payload.scalar_type() == c.payload_dtype(), c.name(), ": payload must be ",
+                   c.payload_dtype(), ", got ", payload.scalar_type());
+  TORCH_CHECK_VALUE(payload.dim() == 1 && payload.is_contiguous(), c.name(),
+                    ": payload must be a contiguous 1-D tensor, got shape ", payload.sizes());
+  TORCH_CHECK_VALUE(payload.numel() == c.payload_numel(numel), c.name(), ": payload has ",
+                    payload.numel(), " elements; a tensor of ", numel, " elements needs ",
+                    c.payload_numel(numel));
+}
+
+}  // namespace
+
+int64_t Compressor::payload_bytes(int64_t numel) const {
+  return payload_numel(numel) * static_cast<int64_t>(c10::elementSize(payload_dtype()));
+}
+
+void Compressor::compress(const at::Tensor& input, const at::Tensor& payload,
+                          const CompressContext& ctx) const {
+  check_flat_float(input, "input");
+  check_payload(*this, payload, input.numel());
+  TORCH_CHECK_VALUE(payload.device() == input.device(), name(), ": payload is on ",
+                    payload.device(), " but input is on ", input.device());
+  do_compress(input, payload, ctx);
+}
+
+void Compressor::decompress_add(const at::Tensor& payload, const at::Tensor& out) const {
+  check_flat_float(out, "out");
+  check_payload(*this, payload, out.numel());
+  TORCH_CHECK_VALUE(payload.device() == out.device(), name(), ": payload is on ",
+                    payload.device(), " but out is on ", out.device());
+  do_decompress_add(payload, out);
+}
+
+void Compressor::compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
+                                        const at::Tensor& payload,
+                                        const CompressContext& ctx) const {
+  check_flat_float(grad, "grad");
+  check_flat_float(residual, "residual");
+  TORCH_CHECK_VALUE(grad.numel() == residual.numel(), name(), ": grad has ", grad.numel(),
+                    " elements but its residual has ", residual.numel());
+  check_payload(*this, payload, grad.numel());
+  do_compress_with_feedback(grad, residual, payload, ctx);
+}
+
+void Compressor::do_compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
+                                           const at::Tensor& payload,
+                                           const CompressContext& ctx) const {
+  residual.add_(grad);
+  do_compress(residual, payload, ctx);
+  auto sent = at::zeros_like(residual);
+  do_decompress_add(payload, sent);
+  residual.sub_(sent);
+}
+
+const char* collective_name(Collective collective) {
+  return collective == Collective::kAllReduce ? "allreduce" : "allgather";
+}
+
+}  // namespace gradcomp

@@ -1,0 +1,30 @@
+// Named numeric options of a compressor ("ratio" -> 0.01), checked as they are read.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+
+namespace gradcomp {
+
+using Options = std::map<std::string, double>;
+
+// Reads options for one compressor; finish() rejects any option that was never read, naming
+// the valid ones, so a typo ("raito=0.01") is an error instead of a silent default.
+class OptionReader {
+ public:
+  OptionReader(std::string compressor, const Options& options);
+
+  // The value of `key`, or `fallback` when absent; must lie in the interval given by the bounds
+  // (open or closed at each end, as the flags say).
+  double real(const std::string& key, double fallback, double low, bool low_inclusive,
+              double high, bool high_inclusive);
+  void finish() const;
+
+ private:
+  std::string compressor_;
+  const Options& options_;
+  std::set<std::string> known_;
+};
+
+}  // namespace gradcomp
