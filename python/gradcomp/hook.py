@@ -1,0 +1,251 @@
+"""The DDP communication hook: register(), HookState and comm_hook().
+
+No `from __future__ import annotations` here: DDP checks comm_hook's annotations at runtime
+(bucket: dist.GradBucket -> torch.futures.Future[torch.Tensor]).
+"""
+
+import math
+import time
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from gradcomp import _C
+from gradcomp.comm import allgather_async, allreduce_async
+from gradcomp.config import CompressorConfig, resolve_config
+
+__all__ = ["HookState", "comm_hook", "register"]
+
+_STATE_VERSION = 1
+
+
+class HookState:
+    """Everything the hook keeps between steps: the compressor, per-parameter error feedback,
+    one codec per bucket layout, the step counter and the byte and time counters.
+
+    Build it with :func:`register`; pass it to :func:`comm_hook` when registering by hand.
+    """
+
+    def __init__(
+        self,
+        config: CompressorConfig,
+        param_names: dict[int, str],
+        *,
+        process_group: dist.ProcessGroup | None = None,
+        error_feedback: bool = True,
+        min_numel: int = 1024,
+        start_iter: int = 0,
+        seed: int = 0,
+    ) -> None:
+        _check_int("min_numel", min_numel, 0, 2**62)
+        _check_int("start_iter", start_iter, 0, 2**62)
+        _check_int("seed", seed, 0, 2**64 - 1)
+        if not isinstance(error_feedback, bool):
+            raise TypeError(f"error_feedback must be a bool, got {type(error_feedback).__name__}")
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialized: call "
+                               "dist.init_process_group(...) (torchrun sets up the env) first")
+        self.config = config
+        self.compressor = config.build()
+        self.process_group = process_group if process_group is not None else dist.group.WORLD
+        self.world_size = dist.get_world_size(self.process_group)
+        self.rank = dist.get_rank(self.process_group)
+        self.error_feedback = error_feedback
+        self.min_numel = min_numel
+        self.start_iter = start_iter
+        self.seed = seed
+        self.step = 0
+        self._param_names = param_names
+        self._residuals = _C.ErrorFeedback()
+        self._codecs: dict[int, tuple[tuple[int, ...], _C.BucketCodec]] = {}
+        self._bytes_sent = 0
+        self._bytes_dense = 0
+        self._compress_seconds = 0.0
+        self._decompress_seconds = 0.0
+        self._last_step_bytes_sent = 0
+        self._step_bytes_sent = 0
+
+    # -- the per-bucket work -----------------------------------------------------------------
+
+    def _codec_for(self, bucket: dist.GradBucket) -> _C.BucketCodec:
+        params = bucket.parameters()
+        key = tuple(map(id, params))
+        cached = self._codecs.get(bucket.index())
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        buffer = bucket.buffer()
+        base, item = buffer.data_ptr(), buffer.element_size()
+        entries = []
+        for param, grad in zip(params, bucket.gradients(), strict=True):
+            name = self._param_names.get(id(param))
+            if name is None:
+                raise RuntimeError("gradcomp: a bucket holds a parameter that was not in the "
+                                   "model given to register()")
+            numel = grad.numel()
+            offset = (grad.data_ptr() - base) // item
+            entries.append((name, offset, numel, numel >= self.min_numel))
+        residuals = self._residuals if self.error_feedback else None
+        codec = _C.BucketCodec(self.compressor, entries, residuals, self.seed)
+        self._codecs[bucket.index()] = (key, codec)
+        return codec
+
+    def _count(self, sent: int, dense: int, last: bool) -> None:
+        self._bytes_sent += sent
+        self._bytes_dense += dense
+        self._step_bytes_sent += sent
+        if last:
+            self._last_step_bytes_sent = self._step_bytes_sent
+            self._step_bytes_sent = 0
+            self.step += 1
+
+    # -- telemetry and checkpoints -----------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Cumulative counters since registration (or the last load_state_dict).
+
+        bytes_sent: bytes this rank handed to collectives; bytes_dense: what a dense fp32
+        allreduce of the same gradients would hand over; ratio = bytes_sent / bytes_dense.
+        """
+        return {
+            "compressor": self.compressor.spec,
+            "steps": self.step,
+            "bytes_sent": self._bytes_sent,
+            "bytes_dense": self._bytes_dense,
+            "ratio": self._bytes_sent / self._bytes_dense if self._bytes_dense else float("nan"),
+            "bytes_sent_last_step": self._last_step_bytes_sent,
+            "compress_seconds": self._compress_seconds,
+            "decompress_seconds": self._decompress_seconds,
+            "residual_norm": math.sqrt(self._residuals.squared_norm()),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's hook state: residuals keyed by parameter name, step and counters."""
+        return {
+            "version": _STATE_VERSION,
+            "compressor": self.compressor.spec,
+            "world_size": self.world_size,
+            "step": self.step,
+            "residuals": self._residuals.state_dict(),
+            "counters": {
+                "bytes_sent": self._bytes_sent,
+                "bytes_dense": self._bytes_dense,
+                "compress_seconds": self._compress_seconds,
+                "decompress_seconds": self._decompress_seconds,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a state from :meth:`state_dict`. A different compressor is an error; a
+        different world size keeps the step but resets the residuals, with a warning (a rank's
+        residual is only meaningful for the data that rank saw)."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported gradcomp state version {state.get('version')!r}; "
+                             f"this gradcomp reads version {_STATE_VERSION}")
+        if state["compressor"] != self.compressor.spec:
+            raise ValueError(f"checkpoint was saved with compressor {state['compressor']!r} but "
+                             f"this hook uses {self.compressor.spec!r}")
+        self._residuals.reset()
+        if state["world_size"] != self.world_size:
+            warnings.warn(f"gradcomp: checkpoint world size {state['world_size']} != current "
+                          f"{self.world_size}; error-feedback residuals reset to zero",
+                          stacklevel=2)
+        else:
+            self._residuals.load_state_dict(state["residuals"])
+        self.step = int(state["step"])
+        counters = state["counters"]
+        self._bytes_sent = int(counters["bytes_sent"])
+        self._bytes_dense = int(counters["bytes_dense"])
+        self._compress_seconds = float(counters["compress_seconds"])
+        self._decompress_seconds = float(counters["decompress_seconds"])
+
+
+def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """The DDP communication hook: compensate, compress, exchange, decompress, average.
+
+    Use through :func:`register`, or ``ddp.register_comm_hook(state, gradcomp.comm_hook)``.
+    """
+    buffer = bucket.buffer()
+    group, world = state.process_group, state.world_size
+    if state.step < state.start_iter:  # dense warm-up, as DDP's own allreduce hook does it
+        state._count(buffer.numel() * buffer.element_size(), 4 * buffer.numel(), bucket.is_last())
+        buffer.div_(world)
+        return allreduce_async(buffer, group).then(lambda fut: fut.value()[0])
+
+    codec = state._codec_for(bucket)
+    started = time.perf_counter()
+    messages = codec.encode(buffer, state.step)
+    state._compress_seconds += time.perf_counter() - started
+    state._count(codec.bytes_sent, codec.dense_bytes, bucket.is_last())
+
+    received: list[torch.Tensor] = []
+    futures: list[torch.futures.Future] = []
+    for (collective, _dtype, _numel), message in zip(codec.channels, messages, strict=True):
+        if collective == "allreduce":
+            received.append(message)
+            futures.append(allreduce_async(message, group))
+        else:
+            gathered, fut = allgather_async(message, group, world)
+            received.append(gathered)
+            futures.append(fut)
+
+    def finish(_: torch.futures.Future) -> torch.Tensor:
+        for fut in futures:
+            fut.wait()  # re-raises a failed collective
+        began = time.perf_counter()
+        codec.decode(buffer, received, world)
+        state._decompress_seconds += time.perf_counter() - began
+        return buffer
+
+    combined = futures[0] if len(futures) == 1 else torch.futures.collect_all(futures)
+    return combined.then(finish)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is out of range; valid: {low} <= {name} <= {high}")
+
+
+def register(
+    model: DistributedDataParallel,
+    compressor: str | CompressorConfig = "topk",
+    *,
+    error_feedback: bool = True,
+    min_numel: int = 1024,
+    start_iter: int = 0,
+    process_group: dist.ProcessGroup | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> HookState:
+    """Registers gradcomp's communication hook on a DDP model and returns its HookState.
+
+    Args:
+        model: the DistributedDataParallel-wrapped model.
+        compressor: a name ("topk"), a spec string ("topk:ratio=0.01") or a config object
+            (``gradcomp.TopK(ratio=0.01)``).
+        error_feedback: keep what compression dropped and add it to the next step's gradient.
+        min_numel: parameters with fewer elements (biases, norms) are allreduced densely.
+        start_iter: dense allreduce steps before compression starts.
+        process_group: the group to communicate in (default: the world).
+        seed: seed for stochastic compressors (the same on every rank).
+        **options: compressor options, e.g. ``ratio=0.01``.
+    """
+    if not isinstance(model, DistributedDataParallel):
+        raise TypeError("gradcomp.register expects a torch.nn.parallel.DistributedDataParallel "
+                        f"model, got {type(model).__name__}; wrap it first: "
+                        "model = DistributedDataParallel(model)")
+    config = resolve_config(compressor, options)
+    names: dict[int, str] = {}
+    for name, param in model.module.named_parameters():
+        if param.device.type != "cpu":
+            raise NotImplementedError(f"parameter {name!r} is on {param.device}; this gradcomp "
+                                      "build has CPU kernels only")
+        names[id(param)] = name
+    state = HookState(config, names, process_group=process_group, error_feedback=error_feedback,
+                      min_numel=min_numel, start_iter=start_iter, seed=seed)
+    model.register_comm_hook(state, comm_hook)
+    return state

@@ -1,0 +1,100 @@
+"""Worker functions run in spawned ranks by test_ddp.py (module level so spawn can import them).
+
+Each worker writes what the parent asserts on to `<out_dir>/rank<r>.pt`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import gradcomp
+
+
+def _init(rank: int, world_size: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+
+
+class SmallNet(torch.nn.Module):
+    """A conv layer, a big linear layer and small biases: tensors both sides of min_numel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.fc1 = torch.nn.Linear(8 * 8 * 8, 128)
+        self.fc2 = torch.nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x)).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _batches(rank: int, steps: int, batch: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Different data per rank: noisy copies of four fixed class prototypes (learnable)."""
+    g = torch.Generator().manual_seed(1234)
+    prototypes = torch.randn(4, 1, 8, 8, generator=g)
+    g.manual_seed(100 + rank)
+    out = []
+    for _ in range(steps):
+        y = torch.randint(0, 4, (batch,), generator=g)
+        out.append((prototypes[y] + torch.randn(batch, 1, 8, 8, generator=g), y))
+    return out
+
+
+def _train(model: torch.nn.Module, ddp: DistributedDataParallel, rank: int, steps: int,
+           lr: float = 0.05) -> list[float]:
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for x, y in _batches(rank, steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(ddp(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def lossless_matches_plain_ddp(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """Plain DDP vs gradcomp topk ratio=1.0 vs gradcomp "none", same init and data."""
+    _init(rank, world_size, port)
+    results = {}
+    for label, spec in [("plain", None), ("topk1", "topk:ratio=1.0"), ("none", "none")]:
+        torch.manual_seed(0)
+        model = SmallNet()
+        ddp = DistributedDataParallel(model)
+        if spec is not None:
+            gradcomp.register(ddp, spec)
+        _train(model, ddp, rank, steps=8)
+        results[label] = _params(model)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def topk_wire_ratio_and_training(rank: int, world_size: int, port: int, out_dir: str,
+                                 min_numel: int) -> None:
+    _init(rank, world_size, port)
+    torch.manual_seed(0)
+    model = SmallNet()
+    ddp = DistributedDataParallel(model)
+    state = gradcomp.register(ddp, "topk", ratio=0.01, min_numel=min_numel)
+    losses = _train(model, ddp, rank, steps=200, lr=0.05)
+    torch.save(
+        {
+            "stats": state.stats(),
+            "numels": [p.numel() for p in model.parameters()],
+            "losses": losses,
+            "params": _params(model),
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
+    dist.destroy_process_group()
