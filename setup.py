@@ -51,7 +51,13 @@ class CMakeBuild(build_ext):
             with_cuda = torch.version.cuda is not None and shutil.which("nvcc") is not None
         build_tests = bool(_flag("GRADCOMP_BUILD_TESTS"))
         configure = [
-            "cmake", "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build_dir),
+            "-G",
+            "Ninja",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('GRADCOMP_BUILD_TYPE', 'Release')}",
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DPython3_EXECUTABLE={sys.executable}",
@@ -60,8 +66,11 @@ class CMakeBuild(build_ext):
             f"-DGRADCOMP_BUILD_TESTS={'ON' if build_tests else 'OFF'}",
         ]
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
-        print(f"gradcomp: configuring in {build_dir} (CUDA {'on' if with_cuda else 'off'}, "
-              f"tests {'on' if build_tests else 'off'})", flush=True)
+        print(
+            f"gradcomp: configuring in {build_dir} (CUDA {'on' if with_cuda else 'off'}, "
+            f"tests {'on' if build_tests else 'off'})",
+            flush=True,
+        )
         subprocess.check_call(configure)
         subprocess.check_call(["cmake", "--build", str(build_dir), "-j", jobs])
 

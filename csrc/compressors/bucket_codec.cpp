@@ -163,7 +163,8 @@ void BucketCodec::decode(const at::Tensor& bucket, const std::vector<at::Tensor>
       continue;
     }
     const bool in_place = target.scalar_type() == at::kFloat;
-    const auto out = in_place ? target : at::empty({p.entry.numel}, target.options().dtype(at::kFloat));
+    const auto out =
+        in_place ? target : at::empty({p.entry.numel}, target.options().dtype(at::kFloat));
     out.zero_();
     if (channels_[p.channel].collective == Collective::kAllReduce) {
       compressor_->decompress_add(message.narrow(0, p.channel_offset, p.channel_numel), out);

@@ -8,8 +8,7 @@ namespace {
 
 void check_flat_float(const at::Tensor& t, const char* what) {
   TORCH_CHECK_VALUE(t.defined(), what, " is undefined");
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, what, " must be float32, got ",
-                   t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, what, " must be float32, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1 && t.is_contiguous(), what,
                     " must be a contiguous 1-D tensor, got shape ", t.sizes(),
                     t.is_contiguous() ? "" : " (non-contiguous)");
@@ -45,8 +44,8 @@ void Compressor::compress(const at::Tensor& input, const at::Tensor& payload,
 void Compressor::decompress_add(const at::Tensor& payload, const at::Tensor& out) const {
   check_flat_float(out, "out");
   check_payload(*this, payload, out.numel());
-  TORCH_CHECK_VALUE(payload.device() == out.device(), name(), ": payload is on ",
-                    payload.device(), " but out is on ", out.device());
+  TORCH_CHECK_VALUE(payload.device() == out.device(), name(), ": payload is on ", payload.device(),
+                    " but out is on ", out.device());
   do_decompress_add(payload, out);
 }
 

@@ -10,8 +10,8 @@ int64_t ErrorFeedback::slot(const std::string& name, int64_t numel) {
                     "; must be >= 1");
   const auto it = slots_.find(name);
   if (it != slots_.end()) {
-    TORCH_CHECK_VALUE(numels_[it->second] == numel, "error feedback: parameter '", name,
-                      "' has ", numel, " elements but its residual has ", numels_[it->second],
+    TORCH_CHECK_VALUE(numels_[it->second] == numel, "error feedback: parameter '", name, "' has ",
+                      numel, " elements but its residual has ", numels_[it->second],
                       " (was the state loaded from a different model?)");
     return it->second;
   }
@@ -24,8 +24,8 @@ int64_t ErrorFeedback::slot(const std::string& name, int64_t numel) {
 }
 
 at::Tensor ErrorFeedback::residual(int64_t slot, const at::Device& device) {
-  TORCH_CHECK_INDEX(slot >= 0 && slot < size(), "error feedback: slot ", slot,
-                    " is outside [0, ", size(), ")");
+  TORCH_CHECK_INDEX(slot >= 0 && slot < size(), "error feedback: slot ", slot, " is outside [0, ",
+                    size(), ")");
   auto& r = residuals_[slot];
   if (!r.defined()) {
     r = at::zeros({numels_[slot]}, at::TensorOptions().dtype(at::kFloat).device(device));

@@ -17,8 +17,8 @@ class OptionReader {
 
   // The value of `key`, or `fallback` when absent; must lie in the interval given by the bounds
   // (open or closed at each end, as the flags say).
-  double real(const std::string& key, double fallback, double low, bool low_inclusive,
-              double high, bool high_inclusive);
+  double real(const std::string& key, double fallback, double low, bool low_inclusive, double high,
+              bool high_inclusive);
   void finish() const;
 
  private:

@@ -24,8 +24,7 @@ const std::map<std::string, Factory>& factories() {
 
 }  // namespace
 
-std::shared_ptr<const Compressor> make_compressor(const std::string& name,
-                                                  const Options& options) {
+std::shared_ptr<const Compressor> make_compressor(const std::string& name, const Options& options) {
   const auto& table = factories();
   const auto it = table.find(name);
   if (it == table.end()) {

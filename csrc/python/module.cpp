@@ -89,7 +89,8 @@ PYBIND11_MODULE(_C, m) {
           py::arg("payload"), py::arg("numel"), "A new flat float32 tensor D(payload).")
       .def("decompress_add", &Compressor::decompress_add, py::arg("payload"), py::arg("out"),
            "out += D(payload).")
-      .def("__repr__", [](const Compressor& c) { return "<gradcomp._C.Compressor " + c.spec() + ">"; });
+      .def("__repr__",
+           [](const Compressor& c) { return "<gradcomp._C.Compressor " + c.spec() + ">"; });
 
   m.def(
       "make_compressor",

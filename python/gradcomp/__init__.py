@@ -1,7 +1,7 @@
 """gradcomp: gradient compression with error feedback for PyTorch DDP.
 
-    import gradcomp
-    state = gradcomp.register(ddp_model, "topk", ratio=0.01)
+import gradcomp
+state = gradcomp.register(ddp_model, "topk", ratio=0.01)
 """
 
 from gradcomp import ops

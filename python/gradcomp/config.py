@@ -53,7 +53,7 @@ class TopK(CompressorConfig):
 
 @dataclasses.dataclass(frozen=True)
 class NoCompression(CompressorConfig):
-    """"none": dense fp32 allreduce through gradcomp's machinery; the control for comparisons."""
+    """ "none": dense fp32 allreduce through gradcomp's machinery; the control for comparisons."""
 
     name: ClassVar[str] = "none"
 
@@ -72,8 +72,10 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
     name, sep, rest = spec.strip().partition(":")
     name = name.strip()
     if not name:
-        raise ValueError(f"malformed compressor spec {spec!r}: expected 'name' or "
-                         f"'name:key=value,...' (names: {_valid_names()})")
+        raise ValueError(
+            f"malformed compressor spec {spec!r}: expected 'name' or "
+            f"'name:key=value,...' (names: {_valid_names()})"
+        )
     options: dict[str, float] = {}
     if sep and not rest.strip():
         raise ValueError(f"malformed compressor spec {spec!r}: nothing after ':'")
@@ -81,15 +83,17 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
         key, eq, raw = item.partition("=")
         key, raw = key.strip(), raw.strip()
         if not eq or not key or not raw:
-            raise ValueError(f"malformed compressor spec {spec!r}: {item.strip()!r} is not "
-                             "'key=value'")
+            raise ValueError(
+                f"malformed compressor spec {spec!r}: {item.strip()!r} is not 'key=value'"
+            )
         if key in options:
             raise ValueError(f"malformed compressor spec {spec!r}: option {key!r} given twice")
         try:
             value = float(raw)
         except ValueError:
-            raise ValueError(f"malformed compressor spec {spec!r}: {key}={raw!r} is not a "
-                             "number") from None
+            raise ValueError(
+                f"malformed compressor spec {spec!r}: {key}={raw!r} is not a number"
+            ) from None
         if not math.isfinite(value):
             raise ValueError(f"malformed compressor spec {spec!r}: {key}={raw!r} is not finite")
         options[key] = value
@@ -100,8 +104,10 @@ def resolve_config(compressor: str | CompressorConfig, options: dict[str, Any]) 
     """A config object from a name, a spec string or a config, plus keyword options."""
     if isinstance(compressor, CompressorConfig):
         if options:
-            raise ValueError(f"options {sorted(options)} given beside a config object; set them "
-                             f"on the config instead, e.g. {type(compressor).__name__}(...)")
+            raise ValueError(
+                f"options {sorted(options)} given beside a config object; set them "
+                f"on the config instead, e.g. {type(compressor).__name__}(...)"
+            )
         return compressor
     name, spec_options = parse_spec(compressor)
     cls = CONFIGS.get(name)
@@ -109,12 +115,15 @@ def resolve_config(compressor: str | CompressorConfig, options: dict[str, Any]) 
         raise ValueError(f"unknown compressor {name!r}; valid names: {_valid_names()}")
     clash = sorted(set(spec_options) & set(options))
     if clash:
-        raise ValueError(f"option(s) {clash} given both in the spec {compressor!r} and as "
-                         "keyword arguments")
+        raise ValueError(
+            f"option(s) {clash} given both in the spec {compressor!r} and as keyword arguments"
+        )
     merged = {**spec_options, **options}
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(merged) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for compressor {name!r}; valid options: "
-                         f"{', '.join(valid) or 'none'}")
+        raise ValueError(
+            f"unknown option(s) {unknown} for compressor {name!r}; valid options: "
+            f"{', '.join(valid) or 'none'}"
+        )
     return cls(**merged)

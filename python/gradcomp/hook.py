@@ -46,8 +46,10 @@ class HookState:
         if not isinstance(error_feedback, bool):
             raise TypeError(f"error_feedback must be a bool, got {type(error_feedback).__name__}")
         if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialized: call "
-                               "dist.init_process_group(...) (torchrun sets up the env) first")
+            raise RuntimeError(
+                "torch.distributed is not initialized: call "
+                "dist.init_process_group(...) (torchrun sets up the env) first"
+            )
         self.config = config
         self.compressor = config.build()
         self.process_group = process_group if process_group is not None else dist.group.WORLD
@@ -68,6 +70,45 @@ class HookState:
         self._last_step_bytes_sent = 0
         self._step_bytes_sent = 0
 
+    @classmethod
+    def for_model(
+        cls,
+        model: DistributedDataParallel,
+        compressor: str | CompressorConfig = "topk",
+        *,
+        error_feedback: bool = True,
+        min_numel: int = 1024,
+        start_iter: int = 0,
+        process_group: dist.ProcessGroup | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> "HookState":
+        """A state for ``model`` without registering it: for
+        ``model.register_comm_hook(state, gradcomp.comm_hook)``. Arguments as in register()."""
+        if not isinstance(model, DistributedDataParallel):
+            raise TypeError(
+                "gradcomp expects a torch.nn.parallel.DistributedDataParallel model, got "
+                f"{type(model).__name__}; wrap it first: model = DistributedDataParallel(model)"
+            )
+        config = resolve_config(compressor, options)
+        names: dict[int, str] = {}
+        for name, param in model.module.named_parameters():
+            if param.device.type != "cpu":
+                raise NotImplementedError(
+                    f"parameter {name!r} is on {param.device}; this gradcomp build has CPU "
+                    "kernels only"
+                )
+            names[id(param)] = name
+        return cls(
+            config,
+            names,
+            process_group=process_group,
+            error_feedback=error_feedback,
+            min_numel=min_numel,
+            start_iter=start_iter,
+            seed=seed,
+        )
+
     # -- the per-bucket work -----------------------------------------------------------------
 
     def _codec_for(self, bucket: dist.GradBucket) -> _C.BucketCodec:
@@ -82,8 +123,10 @@ class HookState:
         for param, grad in zip(params, bucket.gradients(), strict=True):
             name = self._param_names.get(id(param))
             if name is None:
-                raise RuntimeError("gradcomp: a bucket holds a parameter that was not in the "
-                                   "model given to register()")
+                raise RuntimeError(
+                    "gradcomp: a bucket holds a parameter that was not in the "
+                    "model given to register()"
+                )
             numel = grad.numel()
             offset = (grad.data_ptr() - base) // item
             entries.append((name, offset, numel, numel >= self.min_numel))
@@ -142,16 +185,22 @@ class HookState:
         different world size keeps the step but resets the residuals, with a warning (a rank's
         residual is only meaningful for the data that rank saw)."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported gradcomp state version {state.get('version')!r}; "
-                             f"this gradcomp reads version {_STATE_VERSION}")
+            raise ValueError(
+                f"unsupported gradcomp state version {state.get('version')!r}; "
+                f"this gradcomp reads version {_STATE_VERSION}"
+            )
         if state["compressor"] != self.compressor.spec:
-            raise ValueError(f"checkpoint was saved with compressor {state['compressor']!r} but "
-                             f"this hook uses {self.compressor.spec!r}")
+            raise ValueError(
+                f"checkpoint was saved with compressor {state['compressor']!r} but "
+                f"this hook uses {self.compressor.spec!r}"
+            )
         self._residuals.reset()
         if state["world_size"] != self.world_size:
-            warnings.warn(f"gradcomp: checkpoint world size {state['world_size']} != current "
-                          f"{self.world_size}; error-feedback residuals reset to zero",
-                          stacklevel=2)
+            warnings.warn(
+                f"gradcomp: checkpoint world size {state['world_size']} != current "
+                f"{self.world_size}; error-feedback residuals reset to zero",
+                stacklevel=2,
+            )
         else:
             self._residuals.load_state_dict(state["residuals"])
         self.step = int(state["step"])
@@ -234,18 +283,15 @@ def register(
         seed: seed for stochastic compressors (the same on every rank).
         **options: compressor options, e.g. ``ratio=0.01``.
     """
-    if not isinstance(model, DistributedDataParallel):
-        raise TypeError("gradcomp.register expects a torch.nn.parallel.DistributedDataParallel "
-                        f"model, got {type(model).__name__}; wrap it first: "
-                        "model = DistributedDataParallel(model)")
-    config = resolve_config(compressor, options)
-    names: dict[int, str] = {}
-    for name, param in model.module.named_parameters():
-        if param.device.type != "cpu":
-            raise NotImplementedError(f"parameter {name!r} is on {param.device}; this gradcomp "
-                                      "build has CPU kernels only")
-        names[id(param)] = name
-    state = HookState(config, names, process_group=process_group, error_feedback=error_feedback,
-                      min_numel=min_numel, start_iter=start_iter, seed=seed)
+    state = HookState.for_model(
+        model,
+        compressor,
+        error_feedback=error_feedback,
+        min_numel=min_numel,
+        start_iter=start_iter,
+        process_group=process_group,
+        seed=seed,
+        **options,
+    )
     model.register_comm_hook(state, comm_hook)
     return state

@@ -47,8 +47,9 @@ def _batches(rank: int, steps: int, batch: int = 16) -> list[tuple[torch.Tensor,
     return out
 
 
-def _train(model: torch.nn.Module, ddp: DistributedDataParallel, rank: int, steps: int,
-           lr: float = 0.05) -> list[float]:
+def _train(
+    model: torch.nn.Module, ddp: DistributedDataParallel, rank: int, steps: int, lr: float = 0.05
+) -> list[float]:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     losses = []
     for x, y in _batches(rank, steps):
@@ -80,8 +81,9 @@ def lossless_matches_plain_ddp(rank: int, world_size: int, port: int, out_dir: s
     dist.destroy_process_group()
 
 
-def topk_wire_ratio_and_training(rank: int, world_size: int, port: int, out_dir: str,
-                                 min_numel: int) -> None:
+def topk_wire_ratio_and_training(
+    rank: int, world_size: int, port: int, out_dir: str, min_numel: int
+) -> None:
     _init(rank, world_size, port)
     torch.manual_seed(0)
     model = SmallNet()

@@ -5,22 +5,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import ddp_workers
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import free_port
-from reference import topk_k
 from torch.nn.parallel import DistributedDataParallel
 
 import gradcomp
+
+import ddp_workers
+from conftest import free_port
+from reference import topk_k
 
 pytestmark = pytest.mark.distributed
 
 
 def _spawn(fn, world_size: int, tmp_path: Path, *extra) -> list[dict]:
-    mp.spawn(fn, args=(world_size, free_port(), str(tmp_path), *extra), nprocs=world_size,
-             join=True)
+    mp.spawn(
+        fn, args=(world_size, free_port(), str(tmp_path), *extra), nprocs=world_size, join=True
+    )
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
 
 
@@ -58,7 +60,9 @@ def test_topk_wire_ratio_identical_ranks_and_falling_loss(tmp_path: Path, min_nu
 
 
 def test_register_rejects_a_model_that_is_not_ddp() -> None:
-    with pytest.raises(TypeError, match="expects a torch.nn.parallel.DistributedDataParallel"):
+    with pytest.raises(
+        TypeError, match="expects a torch.nn.parallel.DistributedDataParallel model, got Linear"
+    ):
         gradcomp.register(torch.nn.Linear(2, 2), "topk")
 
 
@@ -120,3 +124,11 @@ def test_state_dict_round_trip(single_rank_group: None) -> None:
     wrong = DistributedDataParallel(torch.nn.Linear(64, 64))
     with pytest.raises(ValueError, match="saved with compressor 'topk:ratio=0.05'"):
         gradcomp.register(wrong, "topk", ratio=0.1).load_state_dict(saved)
+
+
+def test_manual_registration_with_comm_hook(single_rank_group: None) -> None:
+    ddp = DistributedDataParallel(torch.nn.Linear(64, 64))
+    state = gradcomp.HookState.for_model(ddp, "topk:ratio=0.1", min_numel=0)
+    ddp.register_comm_hook(state, gradcomp.comm_hook)
+    ddp(torch.randn(4, 64)).sum().backward()
+    assert state.stats()["bytes_sent"] == 8 * (topk_k(0.1, 4096) + topk_k(0.1, 64))

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import topk as reference_topk
 
 import gradcomp
 from gradcomp import ops
+
+from reference import topk as reference_topk
 
 SIZES = [1, 2, 3, 31, 1000, 32769, 100_003, 1_000_000]
 

@@ -3,7 +3,6 @@
 
 #include <cstdint>
 
-
 namespace gradcomp::kernels::cpu {
 
 // out[indices[i]] += values[i] for i in [0, k). Every index is checked against [0, n) before

@@ -50,7 +50,12 @@ class TopKSelector {
  public:
   TopKSelector(const float* x, float* residual, const float* grad, int64_t n, int64_t k,
                const TaskRunner& runner)
-      : x_(x), residual_(residual), grad_(grad), n_(n), k_(k), runner_(runner),
+      : x_(x),
+        residual_(residual),
+        grad_(grad),
+        n_(n),
+        k_(k),
+        runner_(runner),
         chunks_(n, kMinChunk, runner) {}
 
   void run(float* values, int32_t* indices) {
@@ -193,8 +198,8 @@ void check_sizes(int64_t n, int64_t k) {
                                 " must be in [1, 2^31-1] (indices are int32)");
   }
   if (k < 1 || k > n) {
-    throw std::invalid_argument("topk_select: k=" + std::to_string(k) + " must be in [1, n=" +
-                                std::to_string(n) + "]");
+    throw std::invalid_argument("topk_select: k=" + std::to_string(k) +
+                                " must be in [1, n=" + std::to_string(n) + "]");
   }
 }
 

@@ -14,13 +14,13 @@ namespace gradcomp::ops {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> topk_compress_cpu(const at::Tensor& input, int64_t k) {
-  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
-                   "topk_compress: input must be float32, got ", input.scalar_type());
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat, "topk_compress: input must be float32, got ",
+                   input.scalar_type());
   const int64_t n = input.numel();
   TORCH_CHECK_VALUE(n >= 1 && n <= INT32_MAX, "topk_compress: input has ", n,
                     " elements; valid: 1 to 2^31-1 (indices are int32)");
-  TORCH_CHECK_VALUE(k >= 1 && k <= n, "topk_compress: k=", k, " is out of range; valid: 1 <= k <= ",
-                    n, " (input.numel())");
+  TORCH_CHECK_VALUE(k >= 1 && k <= n, "topk_compress: k=", k,
+                    " is out of range; valid: 1 <= k <= ", n, " (input.numel())");
   const auto flat = input.contiguous();
   auto values = at::empty({k}, input.options());
   auto indices = at::empty({k}, input.options().dtype(at::kInt));
@@ -29,8 +29,7 @@ std::tuple<at::Tensor, at::Tensor> topk_compress_cpu(const at::Tensor& input, in
   return {values, indices};
 }
 
-at::Tensor topk_decompress_cpu(const at::Tensor& values, const at::Tensor& indices,
-                               int64_t numel) {
+at::Tensor topk_decompress_cpu(const at::Tensor& values, const at::Tensor& indices, int64_t numel) {
   TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat,
                    "topk_decompress: values must be float32, got ", values.scalar_type());
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kInt,

@@ -42,10 +42,18 @@ std::vector<float> make_data(int64_t n, Data kind, uint32_t seed) {
   std::vector<float> x(n);
   for (auto& v : x) {
     switch (kind) {
-      case Data::kNormal: v = normal(rng); break;
-      case Data::kFewValues: v = 0.5f * static_cast<float>(few(rng)); break;
-      case Data::kAllEqual: v = -1.25f; break;
-      case Data::kAllZero: v = 0.0f; break;
+      case Data::kNormal:
+        v = normal(rng);
+        break;
+      case Data::kFewValues:
+        v = 0.5f * static_cast<float>(few(rng));
+        break;
+      case Data::kAllEqual:
+        v = -1.25f;
+        break;
+      case Data::kAllZero:
+        v = 0.0f;
+        break;
     }
   }
   return x;
