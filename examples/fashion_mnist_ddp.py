@@ -13,6 +13,7 @@ downloaded.
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import os
@@ -191,6 +192,9 @@ def main() -> int:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
+        # Free the DDP models and hook states before the group so that destroying the group
+        # joins Gloo's threads while the interpreter is still fully alive.
+        gc.collect()
         dist.destroy_process_group()
     return 0
 

@@ -11,16 +11,25 @@ __all__ = ["allgather_async", "allreduce_async"]
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-def allreduce_async(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.futures.Future:
+# Both return the collective's Work handle too: the caller must keep it until the future has
+# completed and its callbacks are done, so that the Work is freed on the caller's thread. Freed
+# on torch.distributed's worker thread instead, it releases Python state there, which aborts the
+# process if the interpreter is shutting down.
+
+
+def allreduce_async(
+    tensor: torch.Tensor, group: dist.ProcessGroup
+) -> tuple[dist.Work, torch.futures.Future]:
     """Sums ``tensor`` over ranks in place; the future completes when it has."""
-    return dist.all_reduce(tensor, group=group, async_op=True).get_future()
+    work = dist.all_reduce(tensor, group=group, async_op=True)
+    return work, work.get_future()
 
 
 def allgather_async(
     tensor: torch.Tensor, group: dist.ProcessGroup, world_size: int
-) -> tuple[torch.Tensor, torch.futures.Future]:
+) -> tuple[torch.Tensor, dist.Work, torch.futures.Future]:
     """Every rank's ``tensor`` back to back in rank order, in a new flat tensor that is valid
     once the future completes."""
     out = tensor.new_empty(world_size * tensor.numel())
     work = _all_gather_single(out, tensor, group=group, async_op=True)
-    return out, work.get_future()
+    return out, work, work.get_future()

@@ -4,9 +4,13 @@ No `from __future__ import annotations` here: DDP checks comm_hook's annotations
 (bucket: dist.GradBucket -> torch.futures.Future[torch.Tensor]).
 """
 
+import atexit
+import functools
 import math
 import time
 import warnings
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +24,28 @@ from gradcomp.config import CompressorConfig, resolve_config
 __all__ = ["HookState", "comm_hook", "register"]
 
 _STATE_VERSION = 1
+
+# Every live HookState, so that interpreter exit can wait for their callbacks (see _drain_at_exit).
+_LIVE_STATES: weakref.WeakSet["HookState"] = weakref.WeakSet()
+
+
+class _CallbackTail:
+    """Lives exactly as long as one `.then()` callback that the hook gave torch.
+
+    torch runs such a callback on a torch.distributed worker thread and destroys it there
+    afterwards, which needs the GIL. If the interpreter has begun shutting down by then,
+    CPython ends that thread with a forced unwind and the process aborts ("terminate called
+    without an active exception"). Counting the live callbacks lets exit wait for them.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: "HookState") -> None:
+        self._state = state
+        state._pending_callbacks += 1
+
+    def __del__(self) -> None:
+        self._state._pending_callbacks -= 1
 
 
 class HookState:
@@ -69,6 +95,12 @@ class HookState:
         self._decompress_seconds = 0.0
         self._last_step_bytes_sent = 0
         self._step_bytes_sent = 0
+        self._pending_callbacks = 0
+        # The futures and Work handles of the latest step per bucket: holding them here means
+        # the teardown on the communication thread never drops the last reference to an object
+        # that owns Python state (see comm.py and _CallbackTail).
+        self._in_flight: dict[int, tuple[torch.futures.Future | dist.Work, ...]] = {}
+        _LIVE_STATES.add(self)
 
     @classmethod
     def for_model(
@@ -143,6 +175,29 @@ class HookState:
             self._last_step_bytes_sent = self._step_bytes_sent
             self._step_bytes_sent = 0
             self.step += 1
+
+    def _then(
+        self,
+        bucket_index: int,
+        parent: torch.futures.Future,
+        fn: Callable[[torch.futures.Future], torch.Tensor],
+        *keep: torch.futures.Future | dist.Work,
+    ) -> torch.futures.Future[torch.Tensor]:
+        # The partial owns the tail, so the tail dies exactly when torch frees the callback.
+        result = parent.then(functools.partial(_call_with_tail, fn, _CallbackTail(self)))
+        self._in_flight[bucket_index] = (parent, result, *keep)
+        return result
+
+    def wait_for_callbacks(self, timeout: float = 10.0) -> bool:
+        """Waits until every communication callback of earlier steps has been torn down on
+        torch.distributed's threads. gradcomp calls this at interpreter exit; returns False if
+        callbacks were still alive after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self._pending_callbacks > 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)  # releases the GIL, which the teardown needs
+        return True
 
     # -- telemetry and checkpoints -----------------------------------------------------------
 
@@ -221,7 +276,8 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
     if state.step < state.start_iter:  # dense warm-up, as DDP's own allreduce hook does it
         state._count(buffer.numel() * buffer.element_size(), 4 * buffer.numel(), bucket.is_last())
         buffer.div_(world)
-        return allreduce_async(buffer, group).then(lambda fut: fut.value()[0])
+        work, fut = allreduce_async(buffer, group)
+        return state._then(bucket.index(), fut, _first_value, work)
 
     codec = state._codec_for(bucket)
     started = time.perf_counter()
@@ -231,17 +287,19 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
 
     received: list[torch.Tensor] = []
     futures: list[torch.futures.Future] = []
+    works: list[dist.Work] = []
     for (collective, _dtype, _numel), message in zip(codec.channels, messages, strict=True):
         if collective == "allreduce":
+            work, fut = allreduce_async(message, group)
             received.append(message)
-            futures.append(allreduce_async(message, group))
         else:
-            gathered, fut = allgather_async(message, group, world)
+            gathered, work, fut = allgather_async(message, group, world)
             received.append(gathered)
-            futures.append(fut)
+        works.append(work)
+        futures.append(fut)
 
-    def finish(_: torch.futures.Future) -> torch.Tensor:
-        for fut in futures:
+    def finish(done: torch.futures.Future) -> torch.Tensor:
+        for fut in done.value() if len(futures) > 1 else [done]:
             fut.wait()  # re-raises a failed collective
         began = time.perf_counter()
         codec.decode(buffer, received, world)
@@ -249,7 +307,27 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
         return buffer
 
     combined = futures[0] if len(futures) == 1 else torch.futures.collect_all(futures)
-    return combined.then(finish)
+    return state._then(bucket.index(), combined, finish, *futures, *works)
+
+
+def _call_with_tail(
+    fn: Callable[[torch.futures.Future], torch.Tensor],
+    _tail: _CallbackTail,
+    fut: torch.futures.Future,
+) -> torch.Tensor:
+    return fn(fut)
+
+
+def _first_value(fut: torch.futures.Future) -> torch.Tensor:
+    return fut.value()[0]
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    # atexit runs before the interpreter starts finalizing, while threads can still take the GIL.
+    for state in list(_LIVE_STATES):
+        if not state.wait_for_callbacks():
+            warnings.warn("gradcomp: communication callbacks still running at exit", stacklevel=1)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

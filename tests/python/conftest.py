@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Iterator
 
@@ -21,6 +22,9 @@ def single_rank_group() -> Iterator[None]:
     try:
         yield
     finally:
+        # Collect the test's DDP models and hook states first, so the group (and its Gloo
+        # threads) is torn down here rather than at an arbitrary later garbage collection.
+        gc.collect()
         dist.destroy_process_group()
 
 

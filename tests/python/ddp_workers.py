@@ -5,6 +5,7 @@ Each worker writes what the parent asserts on to `<out_dir>/rank<r>.pt`.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -12,6 +13,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import gradcomp
+
+
+def _shutdown() -> None:
+    """Drop every DDP model and hook state, then the group: destroying the group joins Gloo's
+    worker threads, so none is still finishing a future callback (Python code) while the
+    interpreter shuts down, which would abort the process."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _init(rank: int, world_size: int, port: int) -> None:
@@ -77,8 +86,9 @@ def lossless_matches_plain_ddp(rank: int, world_size: int, port: int, out_dir: s
             gradcomp.register(ddp, spec)
         _train(model, ddp, rank, steps=8)
         results[label] = _params(model)
+        del model, ddp
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    _shutdown()
 
 
 def topk_wire_ratio_and_training(
@@ -99,4 +109,5 @@ def topk_wire_ratio_and_training(
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
-    dist.destroy_process_group()
+    del model, ddp, state
+    _shutdown()
