@@ -132,3 +132,18 @@ def test_manual_registration_with_comm_hook(single_rank_group: None) -> None:
     ddp.register_comm_hook(state, gradcomp.comm_hook)
     ddp(torch.randn(4, 64)).sum().backward()
     assert state.stats()["bytes_sent"] == 8 * (topk_k(0.1, 4096) + topk_k(0.1, 64))
+
+
+def test_communication_objects_outlive_their_callbacks(single_rank_group: None) -> None:
+    """The hook keeps each step's Work handles and futures, and counts live callbacks, so that
+    nothing owning Python state is freed on torch.distributed's thread (which aborts the
+    process when it happens during interpreter shutdown)."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 4))
+    ddp = DistributedDataParallel(model)
+    state = gradcomp.register(ddp, "topk", ratio=0.1, min_numel=100, start_iter=1)
+    for _ in range(3):
+        ddp(torch.randn(4, 64)).sum().backward()
+        assert state.wait_for_callbacks(timeout=10.0)
+        assert state._pending_callbacks == 0
+        kept = [obj for objs in state._in_flight.values() for obj in objs]
+        assert any(isinstance(obj, torch.distributed.Work) for obj in kept)
