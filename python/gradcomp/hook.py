@@ -7,6 +7,7 @@ No `from __future__ import annotations` here: DDP checks comm_hook's annotations
 import atexit
 import functools
 import math
+import threading
 import time
 import warnings
 import weakref
@@ -42,17 +43,20 @@ class _CallbackTail:
 
     def __init__(self, state: "HookState") -> None:
         self._state = state
-        state._pending_callbacks += 1
+        with state._pending_lock:  # += is not atomic across threads, even with the GIL
+            state._pending_callbacks += 1
 
     def __del__(self) -> None:
-        self._state._pending_callbacks -= 1
+        with self._state._pending_lock:
+            self._state._pending_callbacks -= 1
 
 
 class HookState:
     """Everything the hook keeps between steps: the compressor, per-parameter error feedback,
     one codec per bucket layout, the step counter and the byte and time counters.
 
-    Build it with :func:`register`; pass it to :func:`comm_hook` when registering by hand.
+    Build it with :func:`register`, or with :meth:`for_model` to register :func:`comm_hook`
+    by hand.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class HookState:
         self._last_step_bytes_sent = 0
         self._step_bytes_sent = 0
         self._pending_callbacks = 0
+        self._pending_lock = threading.Lock()
         # The futures and Work handles of the latest step per bucket: holding them here means
         # the teardown on the communication thread never drops the last reference to an object
         # that owns Python state (see comm.py and _CallbackTail).
