@@ -12,8 +12,9 @@ ctest --test-dir build/cmake --output-on-failure
 echo "== Python tests (pytest)"
 python3 -m pytest tests/python -q -p no:cacheprovider
 
-echo "== lint (ruff, clang-format)"
+echo "== lint and types (ruff, clang-format, mypy)"
 python3 -m ruff check python tests benchmarks examples setup.py
 python3 -m ruff format --check python tests benchmarks examples setup.py
-git ls-files -z '*.cpp' '*.h' | xargs -0 clang-format --dry-run --Werror
+find csrc tests/cpp \( -name '*.cpp' -o -name '*.h' \) -print0 | xargs -0 clang-format --dry-run --Werror
+python3 -m mypy python/gradcomp --ignore-missing-imports
 echo "== all tests passed"

@@ -82,7 +82,10 @@ class HookState:
             )
         self.config = config
         self.compressor = config.build()
-        self.process_group = process_group if process_group is not None else dist.group.WORLD
+        group = process_group if process_group is not None else dist.group.WORLD
+        if group is None:  # initialized, yet no world group: not expected, but say so clearly
+            raise RuntimeError("torch.distributed has no default process group")
+        self.process_group: dist.ProcessGroup = group
         self.world_size = dist.get_world_size(self.process_group)
         self.rank = dist.get_rank(self.process_group)
         self.error_feedback = error_feedback
