@@ -1,0 +1,68 @@
+"""The benchmark and the demo's data loading keep working (tiny sizes; no timing asserted)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import struct
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(relative: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_topk_benchmark_writes_its_records(tmp_path: Path, monkeypatch) -> None:
+    bench = _load("benchmarks/bench_topk_cpu.py")
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--numel", "1000", "--ratio", "0.01", "0.1", "--repeat", "1", "--json"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(out)])
+    assert bench.main() == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["torch"] == torch.__version__
+    records = data["records"]
+    shapes = [(r["numel"], r["ratio"], r["k"]) for r in records]
+    assert shapes == [(1000, 0.01, 10), (1000, 0.1, 100)]
+    for r in records:
+        assert r["wire_bytes"] == 8 * r["k"] and r["dense_bytes"] == 4000
+        for key in ("copy_ms", "torch_topk_ms", "compress_ms", "compensate_compress_residual_ms"):
+            assert r[key] > 0
+
+
+def _write_idx(path: Path, array: torch.Tensor) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.dim())
+    header += struct.pack(f">{array.dim()}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def test_demo_reads_idx_files(tmp_path: Path) -> None:
+    demo = _load("examples/fashion_mnist_ddp.py")
+    images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    labels = torch.tensor([1, 0, 9], dtype=torch.uint8)
+    image_file, label_file = demo.FILES["test"]
+    _write_idx(tmp_path / image_file, images)
+    _write_idx(tmp_path / label_file, labels)
+    x, y = demo.load_fashion_mnist("test", tmp_path)
+    assert x.shape == (3, 1, 28, 28) and x.dtype == torch.float32
+    assert y.tolist() == [1, 0, 9]
+    expected = (images[1].float() / 255 - 0.2860) / 0.3530
+    torch.testing.assert_close(x[1, 0], expected)
+
+
+def test_demo_says_how_to_get_missing_data(tmp_path: Path) -> None:
+    demo = _load("examples/fashion_mnist_ddp.py")
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        demo.load_fashion_mnist("train", tmp_path)
