@@ -9,8 +9,13 @@ namespace {
 
 constexpr int64_t kByteAlignment = 8;
 
-// FNV-1a: a stable per-name key for counter-based RNGs (std::hash may differ between builds).
-uint64_t name_key(const std::string& name) {
+int64_t align_up(int64_t value, int64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+}  // namespace
+
+uint64_t parameter_key(const std::string& name) {
   uint64_t h = 1469598103934665603ull;
   for (const unsigned char c : name) {
     h ^= c;
@@ -19,19 +24,36 @@ uint64_t name_key(const std::string& name) {
   return h;
 }
 
-int64_t align_up(int64_t value, int64_t alignment) {
-  return (value + alignment - 1) / alignment * alignment;
+void check_entry(const BucketEntry& entry, int64_t& expected_offset) {
+  TORCH_CHECK_VALUE(entry.numel >= 1, "bucket codec: parameter '", entry.name,
+                    "' has numel=", entry.numel, "; must be >= 1");
+  TORCH_CHECK_VALUE(entry.offset >= expected_offset, "bucket codec: parameter '", entry.name,
+                    "' starts at ", entry.offset, ", overlapping the previous one (ends at ",
+                    expected_offset, ")");
+  TORCH_CHECK_VALUE(entry.rows >= 0, "bucket codec: parameter '", entry.name,
+                    "' has rows=", entry.rows, "; must be >= 0");
+  expected_offset = entry.offset + entry.numel;
 }
 
-}  // namespace
+void check_bucket_tensor(const at::Tensor& bucket, int64_t extent) {
+  TORCH_CHECK_VALUE(bucket.dim() == 1 && bucket.is_contiguous(),
+                    "gradient bucket must be a contiguous 1-D tensor, got shape ", bucket.sizes());
+  TORCH_CHECK_VALUE(bucket.numel() >= extent, "gradient bucket has ", bucket.numel(),
+                    " elements but its layout needs ", extent);
+  TORCH_CHECK_TYPE(at::isFloatingType(bucket.scalar_type()),
+                   "gradient bucket must be floating point, got ", bucket.scalar_type());
+}
 
 int64_t Channel::bytes() const { return numel * static_cast<int64_t>(c10::elementSize(dtype)); }
 
 BucketCodec::BucketCodec(std::shared_ptr<const Compressor> compressor,
                          std::vector<BucketEntry> entries,
-                         std::shared_ptr<ErrorFeedback> error_feedback, uint64_t seed)
-    : compressor_(std::move(compressor)), seed_(seed) {
+                         std::shared_ptr<ErrorFeedback> error_feedback, uint64_t seed, int64_t rank,
+                         int64_t world_size)
+    : compressor_(std::move(compressor)), seed_(seed), rank_(rank), world_size_(world_size) {
   TORCH_CHECK_VALUE(compressor_ != nullptr, "BucketCodec: compressor is null");
+  TORCH_CHECK_VALUE(world_size >= 1 && rank >= 0 && rank < world_size, "BucketCodec: rank=", rank,
+                    " world_size=", world_size, "; valid: 0 <= rank < world_size");
   if (!compressor_->lossless()) error_feedback_ = std::move(error_feedback);
 
   // Channel 0 is the fp32 allreduce; the payload channel, if separate, comes after it.
@@ -40,21 +62,19 @@ BucketCodec::BucketCodec(std::shared_ptr<const Compressor> compressor,
   channels_.push_back({Collective::kAllReduce, at::kFloat, 0});
   int64_t payload_channel = 0;
   if (!payload_in_dense) {
-    channels_.push_back({compressor_->collective(), compressor_->payload_dtype(), 0});
+    Channel payload{compressor_->collective(), compressor_->payload_dtype(), 0};
+    payload.variable = compressor_->variable_size();
+    payload.prescaled = compressor_->collective() == Collective::kAllReduce;
+    channels_.push_back(payload);
     payload_channel = 1;
   }
 
   int64_t expected_offset = 0;
   for (auto& entry : entries) {
-    TORCH_CHECK_VALUE(entry.numel >= 1, "BucketCodec: parameter '", entry.name,
-                      "' has numel=", entry.numel, "; must be >= 1");
-    TORCH_CHECK_VALUE(entry.offset >= expected_offset, "BucketCodec: parameter '", entry.name,
-                      "' starts at ", entry.offset, ", overlapping the previous one (ends at ",
-                      expected_offset, ")");
-    expected_offset = entry.offset + entry.numel;
+    check_entry(entry, expected_offset);
     numel_ += entry.numel;
 
-    Placement p{entry, 0, 0, entry.numel, -1, name_key(entry.name)};
+    Placement p{entry, 0, 0, entry.numel, -1, parameter_key(entry.name)};
     if (entry.compress) {
       p.channel = payload_channel;
       p.channel_numel = compressor_->payload_numel(entry.numel);
@@ -98,12 +118,13 @@ int64_t BucketCodec::bytes_sent() const {
 }
 
 void BucketCodec::check_bucket(const at::Tensor& bucket) const {
-  TORCH_CHECK_VALUE(bucket.dim() == 1 && bucket.is_contiguous(),
-                    "gradient bucket must be a contiguous 1-D tensor, got shape ", bucket.sizes());
-  TORCH_CHECK_VALUE(bucket.numel() >= bucket_extent_, "gradient bucket has ", bucket.numel(),
-                    " elements but its layout needs ", bucket_extent_);
-  TORCH_CHECK_TYPE(at::isFloatingType(bucket.scalar_type()),
-                   "gradient bucket must be floating point, got ", bucket.scalar_type());
+  check_bucket_tensor(bucket, bucket_extent_);
+}
+
+CompressContext BucketCodec::context(const Placement& p, int64_t step) const {
+  CompressContext ctx{seed_, step, p.tensor_key, rank_, 1.0};
+  if (channels_[p.channel].prescaled) ctx.prescale = 1.0 / static_cast<double>(world_size_);
+  return ctx;
 }
 
 std::vector<at::Tensor> BucketCodec::encode(const at::Tensor& bucket, int64_t step) const {
@@ -117,47 +138,85 @@ std::vector<at::Tensor> BucketCodec::encode(const at::Tensor& bucket, int64_t st
                            ? at::zeros({channel.numel}, options)
                            : at::empty({channel.numel}, options));
   }
+  // Variable channels are packed as they fill: each payload starts 8-byte aligned after the
+  // previous one's used length instead of at its placement's fixed offset.
+  std::vector<int64_t> cursor(channels_.size(), 0);
   for (const auto& p : placements_) {
     const auto source = bucket.narrow(0, p.entry.offset, p.entry.numel);
-    const auto target = messages[p.channel].narrow(0, p.channel_offset, p.channel_numel);
+    const bool variable = channels_[p.channel].variable;
+    const int64_t offset =
+        variable ? align_up(cursor[p.channel], kByteAlignment) : p.channel_offset;
+    const auto target = messages[p.channel].narrow(0, offset, p.channel_numel);
     if (!p.entry.compress) {
       target.copy_(source);
       continue;
     }
     const auto grad = source.scalar_type() == at::kFloat ? source : source.to(at::kFloat);
-    const CompressContext ctx{seed_, step, p.tensor_key};
+    const CompressContext ctx = context(p, step);
+    int64_t used;
     if (p.residual_slot >= 0) {
       const auto residual = error_feedback_->residual(p.residual_slot, bucket.device());
-      compressor_->compress_with_feedback(grad, residual, target, ctx);
+      used = compressor_->compress_with_feedback(grad, residual, target, ctx);
     } else {
-      compressor_->compress(grad, target, ctx);
+      used = compressor_->compress(grad, target, ctx);
     }
+    cursor[p.channel] = offset + used;
+  }
+  for (size_t i = 0; i < channels_.size(); ++i) {
+    if (!channels_[i].variable) continue;
+    const int64_t length = align_up(cursor[i], kByteAlignment);
+    // The alignment gap after the last payload must be zero like any other padding.
+    messages[i].narrow(0, cursor[i], length - cursor[i]).zero_();
+    messages[i] = messages[i].narrow(0, 0, length);
   }
   return messages;
 }
 
 void BucketCodec::decode(const at::Tensor& bucket, const std::vector<at::Tensor>& received,
-                         int64_t world_size) const {
+                         int64_t step, const std::vector<int64_t>& used) const {
   check_bucket(bucket);
-  TORCH_CHECK_VALUE(world_size >= 1, "world_size=", world_size, " must be >= 1");
   TORCH_CHECK_VALUE(received.size() == channels_.size(), "decode: got ", received.size(),
                     " tensors for ", channels_.size(), " channels");
+  const int64_t world = world_size_;
+  std::vector<int64_t> stride(channels_.size());
   for (size_t i = 0; i < channels_.size(); ++i) {
     const auto& channel = channels_[i];
-    const int64_t expected =
-        channel.collective == Collective::kAllGather ? world_size * channel.numel : channel.numel;
     TORCH_CHECK_VALUE(received[i].scalar_type() == channel.dtype && received[i].dim() == 1 &&
-                          received[i].is_contiguous() && received[i].numel() == expected,
+                          received[i].is_contiguous(),
                       "decode: channel ", i, " (", collective_name(channel.collective),
-                      ") must be a contiguous 1-D ", channel.dtype, " tensor of ", expected,
-                      " elements, got ", received[i].scalar_type(), " of shape ",
-                      received[i].sizes());
+                      ") must be a contiguous 1-D ", channel.dtype, " tensor, got ",
+                      received[i].scalar_type(), " of shape ", received[i].sizes());
+    if (channel.variable) {
+      TORCH_CHECK_VALUE(static_cast<int64_t>(used.size()) == world,
+                        "decode: a variable-size channel needs one used length per rank (", world,
+                        "), got ", used.size());
+      TORCH_CHECK_VALUE(received[i].numel() % world == 0, "decode: variable channel of ",
+                        received[i].numel(), " elements does not split into ", world, " ranks");
+      stride[i] = received[i].numel() / world;
+      for (int64_t r = 0; r < world; ++r) {
+        TORCH_CHECK_VALUE(used[r] >= 0 && used[r] <= stride[i] && used[r] <= channel.numel,
+                          "decode: rank ", r, " used ", used[r], " elements; valid: 0 to ",
+                          std::min(stride[i], channel.numel));
+      }
+      continue;
+    }
+    const int64_t expected =
+        channel.collective == Collective::kAllGather ? world * channel.numel : channel.numel;
+    TORCH_CHECK_VALUE(received[i].numel() == expected, "decode: channel ", i, " (",
+                      collective_name(channel.collective), ") must have ", expected,
+                      " elements, got ", received[i].numel());
+    stride[i] = channel.numel;
     // Summed channels are averaged once, before unpacking (decompression is linear).
-    if (channel.collective == Collective::kAllReduce) received[i].div_(world_size);
+    if (channel.collective == Collective::kAllReduce && !channel.prescaled) {
+      received[i].div_(world);
+    }
   }
+  // Per channel and rank: where the next payload of a variable channel starts.
+  std::vector<std::vector<int64_t>> cursor(channels_.size(), std::vector<int64_t>(world, 0));
   for (const auto& p : placements_) {
     const auto target = bucket.narrow(0, p.entry.offset, p.entry.numel);
     const auto& message = received[p.channel];
+    const auto& channel = channels_[p.channel];
     if (!p.entry.compress) {
       target.copy_(message.narrow(0, p.channel_offset, p.channel_numel));
       continue;
@@ -166,15 +225,27 @@ void BucketCodec::decode(const at::Tensor& bucket, const std::vector<at::Tensor>
     const auto out =
         in_place ? target : at::empty({p.entry.numel}, target.options().dtype(at::kFloat));
     out.zero_();
-    if (channels_[p.channel].collective == Collective::kAllReduce) {
-      compressor_->decompress_add(message.narrow(0, p.channel_offset, p.channel_numel), out);
+    const CompressContext ctx = context(p, step);
+    if (channel.collective == Collective::kAllReduce) {
+      compressor_->decompress_add(message.narrow(0, p.channel_offset, p.channel_numel), out, ctx);
     } else {
-      const int64_t stride = channels_[p.channel].numel;
-      for (int64_t r = 0; r < world_size; ++r) {
-        compressor_->decompress_add(
-            message.narrow(0, r * stride + p.channel_offset, p.channel_numel), out);
+      for (int64_t r = 0; r < world; ++r) {
+        const int64_t base = r * stride[p.channel];
+        CompressContext sender = ctx;
+        sender.rank = r;
+        if (channel.variable) {
+          int64_t& at = cursor[p.channel][r];
+          at = align_up(at, kByteAlignment);
+          TORCH_CHECK_VALUE(at < used[r], "decode: rank ", r, "'s payload ends (", used[r],
+                            " bytes) before parameter '", p.entry.name, "'");
+          at +=
+              compressor_->decompress_add(message.narrow(0, base + at, used[r] - at), out, sender);
+        } else {
+          compressor_->decompress_add(message.narrow(0, base + p.channel_offset, p.channel_numel),
+                                      out, sender);
+        }
       }
-      out.div_(world_size);
+      out.div_(world);
     }
     if (!in_place) target.copy_(out);
   }

@@ -9,6 +9,10 @@
 // are summable in fp32 share one float32 allreduce channel; other payloads travel in a channel
 // of their own collective and dtype. Byte payloads are 8-byte aligned in their channel so that
 // decoders may read floats and ints in place; the padding is zero and counted as sent.
+// Low-precision allreduce payloads (fp16, bf16) are encoded pre-divided by the world size, as
+// PyTorch's fp16 hook does, so their sum cannot overflow; fp32 channels are divided after.
+// Variable-size payloads (threshold) are packed back to back in their channel, which then has
+// a different length on every rank: the caller exchanges the lengths first (see decode).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,35 +31,51 @@ struct BucketEntry {
   int64_t offset = 0;  // first element in the bucket's flat buffer
   int64_t numel = 0;
   bool compress = true;  // false: sent dense in the fp32 allreduce channel
+  int64_t rows = 0;      // first dimension of the parameter (PowerSGD's matrix view); 0: 1-D
 };
+
+// A stable per-name key for counter-based RNGs (FNV-1a; std::hash may differ between builds).
+uint64_t parameter_key(const std::string& name);
+// Checks an entry against the end of the previous one (updated); errors name the parameter.
+void check_entry(const BucketEntry& entry, int64_t& expected_offset);
+// Checks that a bucket is a contiguous 1-D floating tensor of at least `extent` elements.
+void check_bucket_tensor(const at::Tensor& bucket, int64_t extent);
 
 struct Channel {
   Collective collective;
   at::ScalarType dtype;
-  int64_t numel;  // elements this rank sends
+  int64_t numel;           // elements this rank sends (variable: the most it can send)
+  bool variable = false;   // length differs per rank and step
+  bool prescaled = false;  // payloads encode x / world_size; the sum is the average
   int64_t bytes() const;
 };
 
 class BucketCodec {
  public:
   // error_feedback may be null (no error feedback); it is not used for lossless methods.
+  // rank and world_size are this process's place in the group the messages travel in.
   BucketCodec(std::shared_ptr<const Compressor> compressor, std::vector<BucketEntry> entries,
-              std::shared_ptr<ErrorFeedback> error_feedback, uint64_t seed);
+              std::shared_ptr<ErrorFeedback> error_feedback, uint64_t seed, int64_t rank = 0,
+              int64_t world_size = 1);
 
   const std::vector<Channel>& channels() const { return channels_; }
-  // What this rank hands to the collectives per step, and what a dense fp32 allreduce of the
-  // same gradients would hand over.
+  // What this rank hands to the collectives per step (for a variable channel: the most it can),
+  // and what a dense fp32 allreduce of the same gradients would hand over.
   int64_t bytes_sent() const;
+  int64_t world_size() const { return world_size_; }
   int64_t dense_bytes() const { return 4 * numel_; }
   int64_t numel() const { return numel_; }
 
-  // One tensor per channel, on the bucket's device.
+  // One tensor per channel, on the bucket's device; a variable channel's tensor holds exactly
+  // what this rank used this step.
   std::vector<at::Tensor> encode(const at::Tensor& bucket, int64_t step) const;
   // received[i] is channel i after its collective: the sum over ranks (allreduce, numel
-  // elements; divided in place by world_size here) or every rank's tensor back to back
-  // (allgather, world_size * numel elements). Writes the averaged gradient into bucket.
-  void decode(const at::Tensor& bucket, const std::vector<at::Tensor>& received,
-              int64_t world_size) const;
+  // elements; divided in place by world_size here unless prescaled) or every rank's tensor back
+  // to back (allgather, world_size * numel elements). For a variable channel every rank's
+  // tensor is zero-padded to a common stride (received numel = world_size * stride) and
+  // used[r] says how much of rank r's is payload. Writes the averaged gradient into bucket.
+  void decode(const at::Tensor& bucket, const std::vector<at::Tensor>& received, int64_t step,
+              const std::vector<int64_t>& used = {}) const;
 
  private:
   struct Placement {
@@ -68,10 +88,13 @@ class BucketCodec {
   };
 
   void check_bucket(const at::Tensor& bucket) const;
+  CompressContext context(const Placement& p, int64_t step) const;
 
   std::shared_ptr<const Compressor> compressor_;
   std::shared_ptr<ErrorFeedback> error_feedback_;
   uint64_t seed_;
+  int64_t rank_;
+  int64_t world_size_;
   std::vector<Placement> placements_;
   std::vector<Channel> channels_;
   bool has_padding_ = false;

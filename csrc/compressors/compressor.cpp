@@ -26,52 +26,88 @@ void check_payload(const Compressor& c, const at::Tensor& payload, int64_t numel
                     c.payload_numel(numel));
 }
 
+// A variable-size payload handed to decompress may be anything up to its capacity (the
+// compressor checks its own header against what it is given).
+void check_received_payload(const Compressor& c, const at::Tensor& payload, int64_t numel) {
+  if (!c.variable_size()) return check_payload(c, payload, numel);
+  TORCH_CHECK_VALUE(payload.defined(), c.name(), ": payload is undefined");
+  TORCH_CHECK_TYPE(payload.scalar_type() == c.payload_dtype(), c.name(), ": payload must be ",
+                   c.payload_dtype(), ", got ", payload.scalar_type());
+  TORCH_CHECK_VALUE(payload.dim() == 1 && payload.is_contiguous(), c.name(),
+                    ": payload must be a contiguous 1-D tensor, got shape ", payload.sizes());
+}
+
+int64_t check_used(const Compressor& c, int64_t used, int64_t available) {
+  TORCH_CHECK(used >= 0 && used <= available, c.name(), ": used ", used,
+              " payload elements, outside [0, ", available, "]");
+  return used;
+}
+
 }  // namespace
 
 int64_t Compressor::payload_bytes(int64_t numel) const {
   return payload_numel(numel) * static_cast<int64_t>(c10::elementSize(payload_dtype()));
 }
 
-void Compressor::compress(const at::Tensor& input, const at::Tensor& payload,
-                          const CompressContext& ctx) const {
+int64_t Compressor::compress(const at::Tensor& input, const at::Tensor& payload,
+                             const CompressContext& ctx) const {
   check_flat_float(input, "input");
   check_payload(*this, payload, input.numel());
   TORCH_CHECK_VALUE(payload.device() == input.device(), name(), ": payload is on ",
                     payload.device(), " but input is on ", input.device());
-  do_compress(input, payload, ctx);
+  return check_used(*this, do_compress(input, payload, ctx), payload.numel());
 }
 
-void Compressor::decompress_add(const at::Tensor& payload, const at::Tensor& out) const {
+int64_t Compressor::decompress_add(const at::Tensor& payload, const at::Tensor& out,
+                                   const CompressContext& ctx) const {
   check_flat_float(out, "out");
-  check_payload(*this, payload, out.numel());
+  check_received_payload(*this, payload, out.numel());
   TORCH_CHECK_VALUE(payload.device() == out.device(), name(), ": payload is on ", payload.device(),
                     " but out is on ", out.device());
-  do_decompress_add(payload, out);
+  return check_used(*this, do_decompress_add(payload, out, ctx), payload.numel());
 }
 
-void Compressor::compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
-                                        const at::Tensor& payload,
-                                        const CompressContext& ctx) const {
+int64_t Compressor::compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
+                                           const at::Tensor& payload,
+                                           const CompressContext& ctx) const {
   check_flat_float(grad, "grad");
   check_flat_float(residual, "residual");
   TORCH_CHECK_VALUE(grad.numel() == residual.numel(), name(), ": grad has ", grad.numel(),
                     " elements but its residual has ", residual.numel());
   check_payload(*this, payload, grad.numel());
-  do_compress_with_feedback(grad, residual, payload, ctx);
+  TORCH_CHECK_VALUE(grad.device() == residual.device() && grad.device() == payload.device(), name(),
+                    ": grad, residual and payload must share a device, got ", grad.device(), ", ",
+                    residual.device(), ", ", payload.device());
+  return check_used(*this, do_compress_with_feedback(grad, residual, payload, ctx),
+                    payload.numel());
 }
 
-void Compressor::do_compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
-                                           const at::Tensor& payload,
-                                           const CompressContext& ctx) const {
+int64_t Compressor::do_compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
+                                              const at::Tensor& payload,
+                                              const CompressContext& ctx) const {
   residual.add_(grad);
-  do_compress(residual, payload, ctx);
+  const int64_t used = do_compress(residual, payload, ctx);
   auto sent = at::zeros_like(residual);
-  do_decompress_add(payload, sent);
-  residual.sub_(sent);
+  do_decompress_add(payload.narrow(0, 0, used), sent, ctx);
+  residual.sub_(ctx.prescale == 1.0 ? sent : sent.div_(ctx.prescale));
+  return used;
 }
 
 const char* collective_name(Collective collective) {
-  return collective == Collective::kAllReduce ? "allreduce" : "allgather";
+  switch (collective) {
+    case Collective::kAllReduce:
+      return "allreduce";
+    case Collective::kAllGather:
+      return "allgather";
+    case Collective::kLowRank:
+      return "lowrank";
+  }
+  return "unknown";
+}
+
+void check_cpu_tensor(const at::Tensor& t, const std::string& method) {
+  TORCH_CHECK(t.is_cpu(), method, ": tensors on ", t.device(),
+              " are not supported by this build (CPU kernels only)");
 }
 
 }  // namespace gradcomp

@@ -12,6 +12,7 @@ namespace gradcomp {
 enum class Collective {
   kAllReduce,  // payloads are summable: one allreduce, then one decompress of the sum
   kAllGather,  // payloads are not summable: gather all, decompress each, add
+  kLowRank,    // PowerSGD: two allreduce rounds over a whole bucket (see PowerSgdCodec)
 };
 
 // Per-call facts a stochastic compressor derives its randomness from, so every rank can
@@ -20,46 +21,69 @@ struct CompressContext {
   uint64_t seed = 0;
   int64_t step = 0;
   uint64_t tensor_key = 0;  // stable per parameter (a hash of its name)
+  int64_t rank = 0;         // for draws that should differ between ranks (QSGD's rounding)
+  // Allreduced low-precision payloads encode prescale * input, so that the sum over ranks
+  // cannot overflow (prescale = 1 / world size); decompress decodes the payload as it is.
+  double prescale = 1.0;
 };
 
 // Public methods check their arguments and call the protected do_* hooks, so implementations
 // can trust: `input`/`grad`/`residual` are contiguous 1-D float32 of numel >= 1; `payload` is a
 // contiguous 1-D tensor of payload_dtype() with payload_numel(numel) elements; `out` is a
 // contiguous 1-D float32 tensor of numel elements. All on the same device.
-class Compressor {
+// What every registered method has: a name, a canonical spec and how ranks combine.
+// Per-tensor methods derive from Compressor; PowerSGD, which needs matrix shapes and two
+// communication rounds per bucket, derives from this directly (powersgd.h).
+class CompressionMethod {
  public:
-  virtual ~Compressor() = default;
+  virtual ~CompressionMethod() = default;
 
   virtual std::string name() const = 0;
   // The canonical spec string, e.g. "topk:ratio=0.01".
   virtual std::string spec() const = 0;
   virtual Collective collective() const = 0;
-  virtual at::ScalarType payload_dtype() const = 0;
-  // Elements of payload_dtype() that encode a tensor of `numel` elements. Fixed for a given
-  // numel, so every rank knows every payload size without exchanging it.
-  virtual int64_t payload_numel(int64_t numel) const = 0;
-  int64_t payload_bytes(int64_t numel) const;
   // True when decompress(compress(x)) == x for every x, so error feedback has nothing to keep.
   virtual bool lossless() const { return false; }
+};
 
-  // payload <- C(input).
-  void compress(const at::Tensor& input, const at::Tensor& payload,
-                const CompressContext& ctx) const;
-  // out += D(payload).
-  void decompress_add(const at::Tensor& payload, const at::Tensor& out) const;
-  // Error feedback: residual += grad; payload <- C(residual); residual -= D(payload).
-  void compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
-                              const at::Tensor& payload, const CompressContext& ctx) const;
+class Compressor : public CompressionMethod {
+ public:
+  virtual at::ScalarType payload_dtype() const = 0;
+  // Elements of payload_dtype() that encode a tensor of `numel` elements. Fixed for a given
+  // numel, so every rank knows every payload size without exchanging it, except for
+  // variable_size() methods, where it is the most a payload can take.
+  virtual int64_t payload_numel(int64_t numel) const = 0;
+  // True when payloads differ in size between ranks and steps (threshold): compress reports
+  // what it used, and the payload is self-delimiting so decompress can tell where it ends.
+  virtual bool variable_size() const { return false; }
+  int64_t payload_bytes(int64_t numel) const;
+
+  // payload <- C(input). Returns the payload elements used (payload_numel(numel) unless
+  // variable_size()).
+  int64_t compress(const at::Tensor& input, const at::Tensor& payload,
+                   const CompressContext& ctx) const;
+  // out += D(payload), with the ctx that compressed it (Random-K regenerates its indices from
+  // it). For variable_size() methods `payload` may run past the encoded payload; returns the
+  // elements it consumed.
+  int64_t decompress_add(const at::Tensor& payload, const at::Tensor& out,
+                         const CompressContext& ctx) const;
+  // Error feedback: residual += grad; payload <- C(residual); residual -= D(payload) / prescale.
+  int64_t compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
+                                 const at::Tensor& payload, const CompressContext& ctx) const;
 
  protected:
-  virtual void do_compress(const at::Tensor& input, const at::Tensor& payload,
-                           const CompressContext& ctx) const = 0;
-  virtual void do_decompress_add(const at::Tensor& payload, const at::Tensor& out) const = 0;
+  virtual int64_t do_compress(const at::Tensor& input, const at::Tensor& payload,
+                              const CompressContext& ctx) const = 0;
+  virtual int64_t do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
+                                    const CompressContext& ctx) const = 0;
   // The default composes the three steps; methods override it to fuse them into fewer passes.
-  virtual void do_compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
-                                         const at::Tensor& payload,
-                                         const CompressContext& ctx) const;
+  virtual int64_t do_compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
+                                            const at::Tensor& payload,
+                                            const CompressContext& ctx) const;
 };
+
+// Throws unless t is on the CPU: the message names the method and the device.
+void check_cpu_tensor(const at::Tensor& t, const std::string& method);
 
 const char* collective_name(Collective collective);
 

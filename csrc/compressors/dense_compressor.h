@@ -19,9 +19,10 @@ class DenseCompressor final : public Compressor {
   bool lossless() const override { return true; }
 
  protected:
-  void do_compress(const at::Tensor& input, const at::Tensor& payload,
-                   const CompressContext& ctx) const override;
-  void do_decompress_add(const at::Tensor& payload, const at::Tensor& out) const override;
+  int64_t do_compress(const at::Tensor& input, const at::Tensor& payload,
+                      const CompressContext& ctx) const override;
+  int64_t do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
+                            const CompressContext& ctx) const override;
 };
 
 }  // namespace gradcomp

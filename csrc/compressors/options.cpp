@@ -23,6 +23,42 @@ double OptionReader::real(const std::string& key, double fallback, double low, b
   return value;
 }
 
+bool OptionReader::flag(const std::string& key, bool fallback) {
+  known_.insert(key);
+  const auto it = options_.find(key);
+  if (it == options_.end()) return fallback;
+  TORCH_CHECK_VALUE(it->second == 0.0 || it->second == 1.0, compressor_, ": ", key, "=", it->second,
+                    " is not a flag; valid: ", key, "=0 or ", key, "=1");
+  return it->second == 1.0;
+}
+
+int64_t OptionReader::integer(const std::string& key, int64_t fallback, int64_t low, int64_t high) {
+  known_.insert(key);
+  const auto it = options_.find(key);
+  if (it == options_.end()) return fallback;
+  const double value = it->second;
+  TORCH_CHECK_VALUE(std::isfinite(value) && value == std::floor(value) &&
+                        value >= static_cast<double>(low) && value <= static_cast<double>(high),
+                    compressor_, ": ", key, "=", value, " is out of range; valid: an integer ", key,
+                    " in [", low, ", ", high, "]");
+  return static_cast<int64_t>(value);
+}
+
+int64_t OptionReader::choice(const std::string& key, int64_t fallback,
+                             const std::vector<int64_t>& allowed) {
+  known_.insert(key);
+  const auto it = options_.find(key);
+  if (it == options_.end()) return fallback;
+  for (const int64_t v : allowed) {
+    if (it->second == static_cast<double>(v)) return v;
+  }
+  std::ostringstream valid;
+  for (const int64_t v : allowed) valid << (valid.tellp() > 0 ? ", " : "") << v;
+  TORCH_CHECK_VALUE(false, compressor_, ": ", key, "=", it->second, " is not allowed; valid: ", key,
+                    " in {", valid.str(), "}");
+  return fallback;
+}
+
 void OptionReader::finish() const {
   for (const auto& [key, value] : options_) {
     if (known_.count(key) != 0) continue;

@@ -1,9 +1,11 @@
 // Named numeric options of a compressor ("ratio" -> 0.01), checked as they are read.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace gradcomp {
 
@@ -19,6 +21,12 @@ class OptionReader {
   // (open or closed at each end, as the flags say).
   double real(const std::string& key, double fallback, double low, bool low_inclusive, double high,
               bool high_inclusive);
+  // A 0/1 option (spec strings carry numbers only): "unbiased=1".
+  bool flag(const std::string& key, bool fallback);
+  // An integer option in [low, high].
+  int64_t integer(const std::string& key, int64_t fallback, int64_t low, int64_t high);
+  // An integer option that must be one of `allowed` (e.g. bits in {2, 4, 8}).
+  int64_t choice(const std::string& key, int64_t fallback, const std::vector<int64_t>& allowed);
   void finish() const;
 
  private:

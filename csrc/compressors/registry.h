@@ -10,9 +10,15 @@
 
 namespace gradcomp {
 
-// Builds the named compressor; unknown names and invalid options raise ValueError-type errors
-// that list what is valid.
+// Builds the named method; unknown names and invalid options raise ValueError-type errors that
+// list what is valid.
+std::shared_ptr<const CompressionMethod> make_method(const std::string& name,
+                                                     const Options& options);
+// make_method for per-tensor compressors (every method but "powersgd").
 std::shared_ptr<const Compressor> make_compressor(const std::string& name, const Options& options);
+
+// Parses "name" or "name:key=value,key=value" (values are numbers) and builds the method.
+std::shared_ptr<const CompressionMethod> make_method_from_spec(const std::string& spec);
 
 // Registered names, sorted.
 std::vector<std::string> compressor_names();

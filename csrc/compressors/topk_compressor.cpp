@@ -2,20 +2,21 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
 #include "compressors/aten_task_runner.h"
+#include "kernels/common/philox.h"
 #include "kernels/cpu/sparse.h"
+#include "kernels/cpu/threshold.h"
 #include "kernels/cpu/topk.h"
 
 namespace gradcomp {
 namespace {
 
-void check_cpu(const at::Tensor& t) {
-  TORCH_CHECK(t.is_cpu(), "topk: tensors on ", t.device(),
-              " are not supported by this build (CPU only)");
-}
+// Fewer samples than this make the threshold estimate too coarse to be worth a pass.
+constexpr int64_t kMinSamples = 4096;
 
 float* values_of(const at::Tensor& payload) {
   return reinterpret_cast<float*>(payload.data_ptr<uint8_t>());
@@ -26,9 +27,13 @@ int32_t* indices_of(const at::Tensor& payload, int64_t k) {
 
 }  // namespace
 
-TopKCompressor::TopKCompressor(double ratio) : ratio_(ratio) {
-  TORCH_CHECK_VALUE(std::isfinite(ratio) && ratio > 0.0 && ratio <= 1.0, "topk: ratio=", ratio,
+TopKCompressor::TopKCompressor(double ratio, Selection selection, double sample_ratio)
+    : ratio_(ratio), selection_(selection), sample_ratio_(sample_ratio) {
+  TORCH_CHECK_VALUE(std::isfinite(ratio) && ratio > 0.0 && ratio <= 1.0, name(), ": ratio=", ratio,
                     " is out of range; valid: ratio in (0, 1]");
+  TORCH_CHECK_VALUE(std::isfinite(sample_ratio) && sample_ratio > 0.0 && sample_ratio <= 1.0,
+                    name(), ": sample_ratio=", sample_ratio,
+                    " is out of range; valid: sample_ratio in (0, 1]");
 }
 
 std::unique_ptr<Compressor> TopKCompressor::create(const Options& options) {
@@ -38,47 +43,87 @@ std::unique_ptr<Compressor> TopKCompressor::create(const Options& options) {
   return std::make_unique<TopKCompressor>(ratio);
 }
 
+std::unique_ptr<Compressor> TopKCompressor::create_approx(const Options& options) {
+  OptionReader reader("topk_approx", options);
+  const double ratio = reader.real("ratio", 0.01, 0.0, false, 1.0, true);
+  const double sample_ratio = reader.real("sample_ratio", 0.01, 0.0, false, 1.0, true);
+  reader.finish();
+  return std::make_unique<TopKCompressor>(ratio, Selection::kSampledThreshold, sample_ratio);
+}
+
 int64_t TopKCompressor::k_for(double ratio, int64_t numel) {
   const auto k = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(numel)));
   return std::min(std::max<int64_t>(k, 1), numel);
 }
 
+std::string TopKCompressor::name() const {
+  return selection_ == Selection::kExact ? "topk" : "topk_approx";
+}
+
 std::string TopKCompressor::spec() const {
   std::ostringstream out;
-  out << "topk:ratio=" << ratio_;
+  out << name() << ":ratio=" << ratio_;
+  if (selection_ == Selection::kSampledThreshold) out << ",sample_ratio=" << sample_ratio_;
   return out.str();
 }
 
-void TopKCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
-                                 const CompressContext& /*ctx*/) const {
-  check_cpu(input);
+void TopKCompressor::select(const float* x, int64_t n, int64_t k, float* values, int32_t* indices,
+                            const CompressContext& ctx) const {
+  if (selection_ == Selection::kExact) {
+    kernels::cpu::topk_select(x, n, k, values, indices, aten_task_runner());
+    return;
+  }
+  const auto samples = std::max<int64_t>(
+      kMinSamples, static_cast<int64_t>(std::ceil(sample_ratio_ * static_cast<double>(n))));
+  const int64_t extra = kernels::cpu::topk_approx_select(
+      x, n, k, samples, kernels::philox_key(ctx.seed, ctx.tensor_key),
+      static_cast<uint64_t>(ctx.step), values, indices, aten_task_runner());
+  if (extra > 0) misses_.fetch_add(1, std::memory_order_relaxed);
+}
+
+int64_t TopKCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
+                                    const CompressContext& ctx) const {
+  check_cpu_tensor(input, name());
   const int64_t n = input.numel(), k = k_for(ratio_, n);
-  kernels::cpu::topk_select(input.data_ptr<float>(), n, k, values_of(payload),
-                            indices_of(payload, k), aten_task_runner());
+  select(input.data_ptr<float>(), n, k, values_of(payload), indices_of(payload, k), ctx);
+  return payload.numel();
 }
 
-void TopKCompressor::do_compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
-                                               const at::Tensor& payload,
-                                               const CompressContext& /*ctx*/) const {
-  check_cpu(grad);
-  check_cpu(residual);
+int64_t TopKCompressor::do_compress_with_feedback(const at::Tensor& grad,
+                                                  const at::Tensor& residual,
+                                                  const at::Tensor& payload,
+                                                  const CompressContext& ctx) const {
+  check_cpu_tensor(grad, name());
+  check_cpu_tensor(residual, name());
   const int64_t n = grad.numel(), k = k_for(ratio_, n);
-  kernels::cpu::topk_select_compensated(residual.data_ptr<float>(), grad.data_ptr<float>(), n, k,
-                                        values_of(payload), indices_of(payload, k),
-                                        aten_task_runner());
+  float* values = values_of(payload);
+  int32_t* indices = indices_of(payload, k);
+  if (selection_ == Selection::kExact) {
+    kernels::cpu::topk_select_compensated(residual.data_ptr<float>(), grad.data_ptr<float>(), n, k,
+                                          values, indices, aten_task_runner());
+    return payload.numel();
+  }
+  residual.add_(grad);
+  float* r = residual.data_ptr<float>();
+  select(r, n, k, values, indices, ctx);
+  // What was sent leaves the residual exactly (values are copies, not approximations).
+  for (int64_t i = 0; i < k; ++i) r[indices[i]] = 0.0f;
+  return payload.numel();
 }
 
-void TopKCompressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out) const {
-  check_cpu(out);
+int64_t TopKCompressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
+                                          const CompressContext& /*ctx*/) const {
+  check_cpu_tensor(out, name());
   const int64_t k = k_for(ratio_, out.numel());
-  topk_payload_accumulate(values_of(payload), indices_of(payload, k), k, out);
+  sparse_payload_accumulate(name().c_str(), values_of(payload), indices_of(payload, k), k, out);
+  return payload.numel();
 }
 
-void topk_payload_accumulate(const float* values, const int32_t* indices, int64_t k,
-                             const at::Tensor& out) {
+void sparse_payload_accumulate(const char* method, const float* values, const int32_t* indices,
+                               int64_t k, const at::Tensor& out) {
   const int64_t n = out.numel();
   const int64_t bad = kernels::cpu::sparse_accumulate(values, indices, k, out.data_ptr<float>(), n);
-  TORCH_CHECK_INDEX(bad < 0, "topk: corrupt payload: index ", bad < 0 ? 0 : indices[bad],
+  TORCH_CHECK_INDEX(bad < 0, method, ": corrupt payload: index ", bad < 0 ? 0 : indices[bad],
                     " at position ", bad, " is outside [0, ", n, ")");
 }
 

@@ -1,5 +1,9 @@
-// Exact magnitude Top-K: k = ceil(ratio * numel) largest-|x| elements as (value, index) pairs.
+// Magnitude Top-K: the k = ceil(ratio * numel) largest-|x| elements as (value, index) pairs.
+// "topk" selects them by exact radix select; "topk_approx" by a sampled threshold (Deep
+// Gradient Compression) that is refined when it misses, which selects the same elements.
 #pragma once
+
+#include <atomic>
 
 #include "compressors/compressor.h"
 #include "compressors/options.h"
@@ -8,13 +12,16 @@ namespace gradcomp {
 
 class TopKCompressor final : public Compressor {
  public:
-  explicit TopKCompressor(double ratio);
+  enum class Selection { kExact, kSampledThreshold };
+
+  TopKCompressor(double ratio, Selection selection = Selection::kExact, double sample_ratio = 0.01);
   static std::unique_ptr<Compressor> create(const Options& options);
+  static std::unique_ptr<Compressor> create_approx(const Options& options);
 
   // k = ceil(ratio * numel), clamped to [1, numel].
   static int64_t k_for(double ratio, int64_t numel);
 
-  std::string name() const override { return "topk"; }
+  std::string name() const override;
   std::string spec() const override;
   Collective collective() const override { return Collective::kAllGather; }
   at::ScalarType payload_dtype() const override { return at::kByte; }
@@ -22,21 +29,30 @@ class TopKCompressor final : public Compressor {
   int64_t payload_numel(int64_t numel) const override { return 8 * k_for(ratio_, numel); }
   bool lossless() const override { return ratio_ >= 1.0; }
   double ratio() const { return ratio_; }
+  // topk_approx: selections whose first sampled threshold missed, since construction.
+  int64_t threshold_misses() const { return misses_.load(); }
 
  protected:
-  void do_compress(const at::Tensor& input, const at::Tensor& payload,
-                   const CompressContext& ctx) const override;
-  void do_decompress_add(const at::Tensor& payload, const at::Tensor& out) const override;
-  void do_compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
-                                 const at::Tensor& payload,
-                                 const CompressContext& ctx) const override;
+  int64_t do_compress(const at::Tensor& input, const at::Tensor& payload,
+                      const CompressContext& ctx) const override;
+  int64_t do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
+                            const CompressContext& ctx) const override;
+  int64_t do_compress_with_feedback(const at::Tensor& grad, const at::Tensor& residual,
+                                    const at::Tensor& payload,
+                                    const CompressContext& ctx) const override;
 
  private:
+  void select(const float* x, int64_t n, int64_t k, float* values, int32_t* indices,
+              const CompressContext& ctx) const;
+
   double ratio_;
+  Selection selection_;
+  double sample_ratio_;
+  mutable std::atomic<int64_t> misses_{0};
 };
 
-// Decodes a Top-K payload of k pairs into out (out[index] += value), validating every index.
-void topk_payload_accumulate(const float* values, const int32_t* indices, int64_t k,
-                             const at::Tensor& out);
+// Decodes k (value, index) pairs into out (out[index] += value), validating every index.
+void sparse_payload_accumulate(const char* method, const float* values, const int32_t* indices,
+                               int64_t k, const at::Tensor& out);
 
 }  // namespace gradcomp

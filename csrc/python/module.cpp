@@ -9,20 +9,38 @@
 
 #include "compressors/bucket_codec.h"
 #include "compressors/error_feedback.h"
+#include "compressors/powersgd.h"
 #include "compressors/registry.h"
+#include "compressors/topk_compressor.h"
 
 namespace py = pybind11;
 
 namespace gradcomp {
 namespace {
 
+using EntryTuple = std::tuple<std::string, int64_t, int64_t, bool, int64_t>;
+
 at::Tensor new_payload(const Compressor& c, int64_t numel, const at::Device& device) {
   return at::empty({c.payload_numel(numel)},
                    at::TensorOptions().dtype(c.payload_dtype()).device(device));
 }
 
-CompressContext context(int64_t step, uint64_t seed, uint64_t tensor_key) {
-  return {seed, step, tensor_key};
+CompressContext context(int64_t step, uint64_t seed, uint64_t tensor_key, int64_t rank) {
+  return {seed, step, tensor_key, rank, 1.0};
+}
+
+// None means "no error feedback" (pybind11 does not map None to a null shared_ptr here).
+std::shared_ptr<ErrorFeedback> optional_feedback(const py::object& object) {
+  return object.is_none() ? nullptr : object.cast<std::shared_ptr<ErrorFeedback>>();
+}
+
+std::vector<BucketEntry> to_entries(const std::vector<EntryTuple>& entries) {
+  std::vector<BucketEntry> list;
+  list.reserve(entries.size());
+  for (const auto& [name, offset, numel, compress, rows] : entries) {
+    list.push_back({name, offset, numel, compress, rows});
+  }
+  return list;
 }
 
 }  // namespace
@@ -30,7 +48,7 @@ CompressContext context(int64_t step, uint64_t seed, uint64_t tensor_key) {
 
 PYBIND11_MODULE(_C, m) {
   using namespace gradcomp;
-  m.doc() = "gradcomp native core: compressors, error feedback, bucket codec";
+  m.doc() = "gradcomp native core: compressors, error feedback, bucket codecs";
 
   // TORCH_CHECK_VALUE / _TYPE / _INDEX become ValueError / TypeError / IndexError.
   py::register_local_exception_translator([](std::exception_ptr p) {
@@ -48,56 +66,93 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.def("compressor_names", &compressor_names, "Registered compressor names, sorted.");
+  m.def("parameter_key", &parameter_key, py::arg("name"),
+        "The per-parameter RNG key gradcomp derives from a parameter name.");
 
-  py::class_<Compressor, std::shared_ptr<Compressor>>(m, "Compressor")
-      .def_property_readonly("name", &Compressor::name)
-      .def_property_readonly("spec", &Compressor::spec)
-      .def_property_readonly("collective",
-                             [](const Compressor& c) { return collective_name(c.collective()); })
+  py::class_<CompressionMethod, std::shared_ptr<CompressionMethod>>(m, "CompressionMethod")
+      .def_property_readonly("name", &CompressionMethod::name)
+      .def_property_readonly("spec", &CompressionMethod::spec)
+      .def_property_readonly(
+          "collective", [](const CompressionMethod& c) { return collective_name(c.collective()); })
+      .def_property_readonly("lossless", &CompressionMethod::lossless)
+      .def("__repr__", [](const CompressionMethod& c) {
+        return "<gradcomp._C." + std::string(c.name() == "powersgd" ? "PowerSgd" : "Compressor") +
+               " " + c.spec() + ">";
+      });
+
+  py::class_<Compressor, CompressionMethod, std::shared_ptr<Compressor>>(m, "Compressor")
       .def_property_readonly("payload_dtype", [](const Compressor& c) { return c.payload_dtype(); })
-      .def_property_readonly("lossless", &Compressor::lossless)
+      .def_property_readonly("variable_size", &Compressor::variable_size)
       .def("payload_numel", &Compressor::payload_numel, py::arg("numel"))
       .def("payload_bytes", &Compressor::payload_bytes, py::arg("numel"))
       .def(
           "compress",
           [](const Compressor& c, const at::Tensor& input, int64_t step, uint64_t seed,
-             uint64_t tensor_key) {
+             uint64_t tensor_key, int64_t rank) {
             auto payload = new_payload(c, input.numel(), input.device());
-            c.compress(input, payload, context(step, seed, tensor_key));
-            return payload;
+            const int64_t used = c.compress(input, payload, context(step, seed, tensor_key, rank));
+            return used == payload.numel() ? payload : payload.narrow(0, 0, used).clone();
           },
           py::arg("input"), py::arg("step") = 0, py::arg("seed") = 0, py::arg("tensor_key") = 0,
-          "The payload of a flat float32 tensor.")
+          py::arg("rank") = 0, "The payload of a flat float32 tensor.",
+          py::call_guard<py::gil_scoped_release>())
       .def(
           "compress_with_feedback",
           [](const Compressor& c, const at::Tensor& grad, const at::Tensor& residual, int64_t step,
-             uint64_t seed, uint64_t tensor_key) {
+             uint64_t seed, uint64_t tensor_key, int64_t rank) {
             auto payload = new_payload(c, grad.numel(), grad.device());
-            c.compress_with_feedback(grad, residual, payload, context(step, seed, tensor_key));
-            return payload;
+            const int64_t used = c.compress_with_feedback(grad, residual, payload,
+                                                          context(step, seed, tensor_key, rank));
+            return used == payload.numel() ? payload : payload.narrow(0, 0, used).clone();
           },
           py::arg("grad"), py::arg("residual"), py::arg("step") = 0, py::arg("seed") = 0,
-          py::arg("tensor_key") = 0,
-          "residual += grad; payload = C(residual); residual -= D(payload). Returns payload.")
+          py::arg("tensor_key") = 0, py::arg("rank") = 0,
+          "residual += grad; payload = C(residual); residual -= D(payload). Returns payload.",
+          py::call_guard<py::gil_scoped_release>())
       .def(
           "decompress",
-          [](const Compressor& c, const at::Tensor& payload, int64_t numel) {
+          [](const Compressor& c, const at::Tensor& payload, int64_t numel, int64_t step,
+             uint64_t seed, uint64_t tensor_key) {
             auto out = at::zeros({numel}, payload.options().dtype(at::kFloat));
-            c.decompress_add(payload, out);
+            c.decompress_add(payload, out, context(step, seed, tensor_key, 0));
             return out;
           },
-          py::arg("payload"), py::arg("numel"), "A new flat float32 tensor D(payload).")
-      .def("decompress_add", &Compressor::decompress_add, py::arg("payload"), py::arg("out"),
-           "out += D(payload).")
-      .def("__repr__",
-           [](const Compressor& c) { return "<gradcomp._C.Compressor " + c.spec() + ">"; });
+          py::arg("payload"), py::arg("numel"), py::arg("step") = 0, py::arg("seed") = 0,
+          py::arg("tensor_key") = 0, "A new flat float32 tensor D(payload).",
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "decompress_add",
+          [](const Compressor& c, const at::Tensor& payload, const at::Tensor& out, int64_t step,
+             uint64_t seed, uint64_t tensor_key) {
+            return c.decompress_add(payload, out, context(step, seed, tensor_key, 0));
+          },
+          py::arg("payload"), py::arg("out"), py::arg("step") = 0, py::arg("seed") = 0,
+          py::arg("tensor_key") = 0, "out += D(payload); returns the payload elements read.",
+          py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("threshold_misses", [](const Compressor& c) -> int64_t {
+        const auto* topk = dynamic_cast<const TopKCompressor*>(&c);
+        return topk != nullptr ? topk->threshold_misses() : 0;
+      });
+
+  py::class_<PowerSgd, CompressionMethod, std::shared_ptr<PowerSgd>>(m, "PowerSgd")
+      .def_property_readonly("rank", &PowerSgd::rank)
+      .def_property_readonly("min_compression", &PowerSgd::min_compression)
+      .def("rank_for", &PowerSgd::rank_for, py::arg("rows"), py::arg("cols"));
 
   m.def(
       "make_compressor",
-      [](const std::string& name, const std::map<std::string, double>& options) {
-        return std::const_pointer_cast<Compressor>(make_compressor(name, options));
+      [](const std::string& name, const std::map<std::string, double>& options) -> py::object {
+        // pybind11 only downcasts to the exact dynamic type, and the concrete classes are not
+        // bound: hand out the interface the object implements.
+        auto method = std::const_pointer_cast<CompressionMethod>(make_method(name, options));
+        if (auto compressor = std::dynamic_pointer_cast<Compressor>(method)) {
+          return py::cast(compressor);
+        }
+        if (auto powersgd = std::dynamic_pointer_cast<PowerSgd>(method)) return py::cast(powersgd);
+        return py::cast(method);
       },
-      py::arg("name"), py::arg("options") = std::map<std::string, double>{});
+      py::arg("name"), py::arg("options") = std::map<std::string, double>{},
+      "The named method: a Compressor, or a PowerSgd for 'powersgd'.");
 
   py::class_<ErrorFeedback, std::shared_ptr<ErrorFeedback>>(m, "ErrorFeedback")
       .def(py::init<>())
@@ -109,32 +164,52 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<BucketCodec, std::shared_ptr<BucketCodec>>(m, "BucketCodec")
       .def(py::init([](std::shared_ptr<Compressor> compressor,
-                       const std::vector<std::tuple<std::string, int64_t, int64_t, bool>>& entries,
-                       std::shared_ptr<ErrorFeedback> error_feedback, uint64_t seed) {
-             std::vector<BucketEntry> list;
-             list.reserve(entries.size());
-             for (const auto& [name, offset, numel, compress] : entries) {
-               list.push_back({name, offset, numel, compress});
-             }
-             return std::make_shared<BucketCodec>(std::move(compressor), std::move(list),
-                                                  std::move(error_feedback), seed);
+                       const std::vector<EntryTuple>& entries, const py::object& error_feedback,
+                       uint64_t seed, int64_t rank, int64_t world_size) {
+             return std::make_shared<BucketCodec>(std::move(compressor), to_entries(entries),
+                                                  optional_feedback(error_feedback), seed, rank,
+                                                  world_size);
            }),
            py::arg("compressor"), py::arg("entries"), py::arg("error_feedback"), py::arg("seed"),
-           "entries: (name, offset, numel, compress) per parameter, in bucket order.")
-      .def_property_readonly("channels",
-                             [](const BucketCodec& codec) {
-                               std::vector<std::tuple<std::string, at::ScalarType, int64_t>> out;
-                               for (const auto& ch : codec.channels()) {
-                                 out.emplace_back(collective_name(ch.collective), ch.dtype,
-                                                  ch.numel);
-                               }
-                               return out;
-                             })
+           py::arg("rank") = 0, py::arg("world_size") = 1,
+           "entries: (name, offset, numel, compress, rows) per parameter, in bucket order.")
+      .def_property_readonly(
+          "channels",
+          [](const BucketCodec& codec) {
+            std::vector<std::tuple<std::string, at::ScalarType, int64_t, bool>> out;
+            for (const auto& ch : codec.channels()) {
+              out.emplace_back(collective_name(ch.collective), ch.dtype, ch.numel, ch.variable);
+            }
+            return out;
+          })
       .def_property_readonly("bytes_sent", &BucketCodec::bytes_sent)
       .def_property_readonly("dense_bytes", &BucketCodec::dense_bytes)
       .def_property_readonly("numel", &BucketCodec::numel)
       .def("encode", &BucketCodec::encode, py::arg("bucket"), py::arg("step"),
            py::call_guard<py::gil_scoped_release>())
-      .def("decode", &BucketCodec::decode, py::arg("bucket"), py::arg("received"),
-           py::arg("world_size"), py::call_guard<py::gil_scoped_release>());
+      .def("decode", &BucketCodec::decode, py::arg("bucket"), py::arg("received"), py::arg("step"),
+           py::arg("used") = std::vector<int64_t>{}, py::call_guard<py::gil_scoped_release>());
+
+  py::class_<PowerSgdCodec, std::shared_ptr<PowerSgdCodec>>(m, "PowerSgdCodec")
+      .def(py::init([](std::shared_ptr<PowerSgd> method, const std::vector<EntryTuple>& entries,
+                       const py::object& error_feedback, std::shared_ptr<ErrorFeedback> warm_start,
+                       uint64_t seed, int64_t world_size) {
+             return std::make_shared<PowerSgdCodec>(std::move(method), to_entries(entries),
+                                                    optional_feedback(error_feedback),
+                                                    std::move(warm_start), seed, world_size);
+           }),
+           py::arg("method"), py::arg("entries"), py::arg("error_feedback"), py::arg("warm_start"),
+           py::arg("seed"), py::arg("world_size"))
+      .def_property_readonly("first_numel", &PowerSgdCodec::first_numel)
+      .def_property_readonly("second_numel", &PowerSgdCodec::second_numel)
+      .def_property_readonly("bytes_sent", &PowerSgdCodec::bytes_sent)
+      .def_property_readonly("dense_bytes", &PowerSgdCodec::dense_bytes)
+      .def_property_readonly("numel", &PowerSgdCodec::numel)
+      .def_property_readonly("low_rank_matrices", &PowerSgdCodec::low_rank_matrices)
+      .def("encode_first", &PowerSgdCodec::encode_first, py::arg("bucket"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("encode_second", &PowerSgdCodec::encode_second, py::arg("first"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("decode", &PowerSgdCodec::decode, py::arg("bucket"), py::arg("first"), py::arg("second"),
+           py::call_guard<py::gil_scoped_release>());
 }

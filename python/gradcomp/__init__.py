@@ -6,16 +6,41 @@ state = gradcomp.register(ddp_model, "topk", ratio=0.01)
 
 from gradcomp import ops
 from gradcomp._C import compressor_names
-from gradcomp.config import CompressorConfig, NoCompression, TopK, parse_spec
+from gradcomp.config import (
+    BF16,
+    FP16,
+    QSGD,
+    CompressorConfig,
+    Int8,
+    NoCompression,
+    PowerSGD,
+    RandomK,
+    Sign,
+    Threshold,
+    TopK,
+    TopKApprox,
+    TopKInt8,
+    parse_spec,
+)
 from gradcomp.hook import HookState, comm_hook, register
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BF16",
+    "FP16",
+    "QSGD",
     "CompressorConfig",
     "HookState",
+    "Int8",
     "NoCompression",
+    "PowerSGD",
+    "RandomK",
+    "Sign",
+    "Threshold",
     "TopK",
+    "TopKApprox",
+    "TopKInt8",
     "comm_hook",
     "compressor_names",
     "ops",

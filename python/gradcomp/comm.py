@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["allgather_async", "allreduce_async"]
+__all__ = ["allgather_async", "allreduce_async", "exchange_lengths"]
 
 # torch 2.13 renamed all_gather_into_tensor to all_gather_single (same arguments).
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -33,3 +33,14 @@ def allgather_async(
     out = tensor.new_empty(world_size * tensor.numel())
     work = _all_gather_single(out, tensor, group=group, async_op=True)
     return out, work, work.get_future()
+
+
+def exchange_lengths(
+    length: int, group: dist.ProcessGroup, world_size: int, device: torch.device
+) -> list[int]:
+    """Every rank's ``length``, in rank order. Blocking: variable-size payloads (threshold)
+    need the lengths before the payloads can be gathered at a common size."""
+    mine = torch.tensor([length], dtype=torch.int64, device=device)
+    out = mine.new_empty(world_size)
+    _all_gather_single(out, mine, group=group)
+    return [int(n) for n in out.tolist()]

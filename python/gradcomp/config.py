@@ -12,7 +12,23 @@ from typing import Any, ClassVar
 
 from gradcomp import _C
 
-__all__ = ["CompressorConfig", "NoCompression", "TopK", "parse_spec", "resolve_config"]
+__all__ = [
+    "BF16",
+    "FP16",
+    "QSGD",
+    "CompressorConfig",
+    "Int8",
+    "NoCompression",
+    "PowerSGD",
+    "RandomK",
+    "Sign",
+    "Threshold",
+    "TopK",
+    "TopKApprox",
+    "TopKInt8",
+    "parse_spec",
+    "resolve_config",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +40,16 @@ class CompressorConfig:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(field.default, bool):
+                # Spec strings carry numbers: "randomk:unbiased=1" arrives as 1.0.
+                if not isinstance(value, bool) and value in (0, 1):
+                    object.__setattr__(self, field.name, bool(value))
+                elif not isinstance(value, bool):
+                    raise TypeError(
+                        f"{type(self).__name__}.{field.name} must be a bool (or 0/1), "
+                        f"got {type(value).__name__} {value!r}"
+                    )
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(
                     f"{type(self).__name__}.{field.name} must be a number, "
                     f"got {type(value).__name__} {value!r}"
@@ -34,7 +59,7 @@ class CompressorConfig:
     def options(self) -> dict[str, float]:
         return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
-    def build(self) -> _C.Compressor:
+    def build(self) -> _C.CompressionMethod:
         return _C.make_compressor(self.name, self.options())
 
     @property
@@ -52,13 +77,131 @@ class TopK(CompressorConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class TopKApprox(CompressorConfig):
+    """Sampled-threshold Top-K (Deep Gradient Compression): the same k elements as TopK, found
+    by estimating a threshold from ``sample_ratio`` of the elements, refined when it misses."""
+
+    name: ClassVar[str] = "topk_approx"
+    ratio: float = 0.01
+    sample_ratio: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKInt8(CompressorConfig):
+    """Top-K whose values travel as int8 with one scale: 5 bytes per element instead of 8."""
+
+    name: ClassVar[str] = "topk_int8"
+    ratio: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomK(CompressorConfig):
+    """k = ceil(ratio * numel) elements at indices every rank draws alike from (seed, step,
+    parameter); only the values travel, summed by allreduce. ``unbiased`` scales them by
+    ~numel/k (for use without error feedback)."""
+
+    name: ClassVar[str] = "randomk"
+    ratio: float = 0.01
+    unbiased: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold(CompressorConfig):
+    """Sends every element with |g| >= tau. ``tau > 0``: a fixed threshold; ``tau = 0``
+    (default): tau estimated per step so that about ``density`` of the elements pass."""
+
+    name: ClassVar[str] = "threshold"
+    tau: float = 0.0
+    density: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tau > 0 and self.density != 0.01:
+            raise ValueError(
+                f"threshold: give tau (a fixed threshold) or density (a target fraction), not "
+                f"both; got tau={self.tau} and density={self.density}"
+            )
+
+    def options(self) -> dict[str, float]:
+        # The native side rejects both at once; a fixed tau makes density irrelevant.
+        return {"tau": float(self.tau)} if self.tau > 0 else {"density": float(self.density)}
+
+
+@dataclasses.dataclass(frozen=True)
+class QSGD(CompressorConfig):
+    """QSGD: 2^(bits-1) - 1 levels per sign, stochastic rounding (unbiased), one L2 norm per
+    ``chunk`` elements; bits in {2, 4, 8}."""
+
+    name: ClassVar[str] = "qsgd"
+    bits: int = 4
+    chunk: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Sign(CompressorConfig):
+    """Scaled 1-bit sign (EF-SignSGD): one bit per element plus mean |g| per ``chunk``."""
+
+    name: ClassVar[str] = "sign"
+    chunk: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8(CompressorConfig):
+    """int8 with a float32 minimum and step per ``chunk`` elements; gathered."""
+
+    name: ClassVar[str] = "int8"
+    chunk: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class FP16(CompressorConfig):
+    """Cast to float16 (pre-divided by the world size) and allreduced."""
+
+    name: ClassVar[str] = "fp16"
+
+
+@dataclasses.dataclass(frozen=True)
+class BF16(CompressorConfig):
+    """Cast to bfloat16 (pre-divided by the world size) and allreduced."""
+
+    name: ClassVar[str] = "bf16"
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerSGD(CompressorConfig):
+    """PowerSGD: rank-``rank`` approximation of each gradient matrix with warm start and error
+    feedback; two allreduces per bucket. Matrices that would not shrink by at least
+    ``min_compression`` travel dense, as do 1-D tensors."""
+
+    name: ClassVar[str] = "powersgd"
+    rank: int = 2
+    min_compression: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
 class NoCompression(CompressorConfig):
     """ "none": dense fp32 allreduce through gradcomp's machinery; the control for comparisons."""
 
     name: ClassVar[str] = "none"
 
 
-CONFIGS: dict[str, type[CompressorConfig]] = {cls.name: cls for cls in (TopK, NoCompression)}
+CONFIGS: dict[str, type[CompressorConfig]] = {
+    cls.name: cls
+    for cls in (
+        TopK,
+        TopKApprox,
+        TopKInt8,
+        RandomK,
+        Threshold,
+        QSGD,
+        Sign,
+        Int8,
+        FP16,
+        BF16,
+        PowerSGD,
+        NoCompression,
+    )
+}
 
 
 def _valid_names() -> str:

@@ -19,12 +19,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from gradcomp import _C
-from gradcomp.comm import allgather_async, allreduce_async
-from gradcomp.config import CompressorConfig, resolve_config
+from gradcomp.comm import allgather_async, allreduce_async, exchange_lengths
+from gradcomp.config import CompressorConfig, RandomK, resolve_config
 
 __all__ = ["HookState", "comm_hook", "register"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: adds PowerSGD's warm-start matrices
 
 # Every live HookState, so that interpreter exit can wait for their callbacks (see _drain_at_exit).
 _LIVE_STATES: weakref.WeakSet["HookState"] = weakref.WeakSet()
@@ -75,6 +75,12 @@ class HookState:
         _check_int("seed", seed, 0, 2**64 - 1)
         if not isinstance(error_feedback, bool):
             raise TypeError(f"error_feedback must be a bool, got {type(error_feedback).__name__}")
+        if isinstance(config, RandomK) and config.unbiased and error_feedback:
+            raise ValueError(
+                "randomk with unbiased=1 scales each sent value by ~numel/k, so error feedback "
+                "would keep -(numel/k - 1) times it and diverge; use unbiased=0 with "
+                "error_feedback=True, or error_feedback=False with unbiased=1"
+            )
         if not dist.is_initialized():
             raise RuntimeError(
                 "torch.distributed is not initialized: call "
@@ -95,7 +101,8 @@ class HookState:
         self.step = 0
         self._param_names = param_names
         self._residuals = _C.ErrorFeedback()
-        self._codecs: dict[int, tuple[tuple[int, ...], _C.BucketCodec]] = {}
+        self._warm_start = _C.ErrorFeedback()  # PowerSGD's Q per parameter
+        self._codecs: dict[int, tuple[tuple[int, ...], Any]] = {}
         self._bytes_sent = 0
         self._bytes_dense = 0
         self._compress_seconds = 0.0
@@ -151,7 +158,13 @@ class HookState:
 
     # -- the per-bucket work -----------------------------------------------------------------
 
-    def _codec_for(self, bucket: dist.GradBucket) -> _C.BucketCodec:
+    @property
+    def low_rank(self) -> bool:
+        """True for PowerSGD, which runs two allreduce rounds per bucket."""
+        return self.compressor.collective == "lowrank"
+
+    def _codec_for(self, bucket: dist.GradBucket) -> Any:
+        """The bucket's BucketCodec (or PowerSgdCodec), rebuilt when DDP changes the layout."""
         params = bucket.parameters()
         key = tuple(map(id, params))
         cached = self._codecs.get(bucket.index())
@@ -169,9 +182,18 @@ class HookState:
                 )
             numel = grad.numel()
             offset = (grad.data_ptr() - base) // item
-            entries.append((name, offset, numel, numel >= self.min_numel))
+            rows = param.shape[0] if param.dim() >= 2 else 0
+            entries.append((name, offset, numel, numel >= self.min_numel, rows))
         residuals = self._residuals if self.error_feedback else None
-        codec = _C.BucketCodec(self.compressor, entries, residuals, self.seed)
+        codec: Any
+        if self.low_rank:
+            codec = _C.PowerSgdCodec(
+                self.compressor, entries, residuals, self._warm_start, self.seed, self.world_size
+            )
+        else:
+            codec = _C.BucketCodec(
+                self.compressor, entries, residuals, self.seed, self.rank, self.world_size
+            )
         self._codecs[bucket.index()] = (key, codec)
         return codec
 
@@ -235,6 +257,7 @@ class HookState:
             "world_size": self.world_size,
             "step": self.step,
             "residuals": self._residuals.state_dict(),
+            "warm_start": self._warm_start.state_dict(),
             "counters": {
                 "bytes_sent": self._bytes_sent,
                 "bytes_dense": self._bytes_dense,
@@ -247,10 +270,10 @@ class HookState:
         """Restores a state from :meth:`state_dict`. A different compressor is an error; a
         different world size keeps the step but resets the residuals, with a warning (a rank's
         residual is only meaningful for the data that rank saw)."""
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") not in (1, _STATE_VERSION):
             raise ValueError(
                 f"unsupported gradcomp state version {state.get('version')!r}; "
-                f"this gradcomp reads version {_STATE_VERSION}"
+                f"this gradcomp reads versions 1 to {_STATE_VERSION}"
             )
         if state["compressor"] != self.compressor.spec:
             raise ValueError(
@@ -258,6 +281,9 @@ class HookState:
                 f"this hook uses {self.compressor.spec!r}"
             )
         self._residuals.reset()
+        self._warm_start.reset()
+        # Q is the same on every rank and does not depend on the world size.
+        self._warm_start.load_state_dict(state.get("warm_start", {}))
         if state["world_size"] != self.world_size:
             warnings.warn(
                 f"gradcomp: checkpoint world size {state['world_size']} != current "
@@ -288,34 +314,80 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
         return state._then(bucket.index(), fut, _first_value, work)
 
     codec = state._codec_for(bucket)
+    if state.low_rank:
+        return _powersgd_exchange(state, bucket, codec)
+    step = state.step  # _count() below advances it after the last bucket
     started = time.perf_counter()
-    messages = codec.encode(buffer, state.step)
+    messages = codec.encode(buffer, step)
     state._compress_seconds += time.perf_counter() - started
-    state._count(codec.bytes_sent, codec.dense_bytes, bucket.is_last())
 
+    sent = 0
     received: list[torch.Tensor] = []
     futures: list[torch.futures.Future] = []
     works: list[dist.Work] = []
-    for (collective, _dtype, _numel), message in zip(codec.channels, messages, strict=True):
+    used: list[int] = []
+    for (collective, _dtype, _numel, variable), message in zip(
+        codec.channels, messages, strict=True
+    ):
+        sent += message.numel() * message.element_size()
         if collective == "allreduce":
             work, fut = allreduce_async(message, group)
             received.append(message)
         else:
+            if variable:
+                # The one blocking exchange: every rank's payload length, so all can gather
+                # at the longest (a rank with nothing to send still sends its headers).
+                used = exchange_lengths(message.numel(), group, world, message.device)
+                sent += 8
+                padded = message.new_zeros(max(used))
+                padded[: message.numel()] = message
+                message = padded
             gathered, work, fut = allgather_async(message, group, world)
             received.append(gathered)
         works.append(work)
         futures.append(fut)
+    state._count(sent, codec.dense_bytes, bucket.is_last())
 
     def finish(done: torch.futures.Future) -> torch.Tensor:
         for fut in done.value() if len(futures) > 1 else [done]:
             fut.wait()  # re-raises a failed collective
         began = time.perf_counter()
-        codec.decode(buffer, received, world)
+        codec.decode(buffer, received, step, used)
         state._decompress_seconds += time.perf_counter() - began
         return buffer
 
     combined = futures[0] if len(futures) == 1 else torch.futures.collect_all(futures)
     return state._then(bucket.index(), combined, finish, *futures, *works)
+
+
+def _powersgd_exchange(
+    state: HookState, bucket: dist.GradBucket, codec: Any
+) -> torch.futures.Future[torch.Tensor]:
+    """PowerSGD's two rounds: allreduce [dense | P], orthonormalize, allreduce Q, decode."""
+    buffer = bucket.buffer()
+    group = state.process_group
+    started = time.perf_counter()
+    first = codec.encode_first(buffer)
+    state._compress_seconds += time.perf_counter() - started
+    state._count(codec.bytes_sent, codec.dense_bytes, bucket.is_last())
+    work, fut = allreduce_async(first, group)
+
+    def second_round(done: torch.futures.Future) -> torch.Tensor:
+        done.wait()
+        began = time.perf_counter()
+        second = codec.encode_second(first)
+        state._compress_seconds += time.perf_counter() - began
+        # Waiting inside the callback is what PyTorch's own powerSGD_hook does: the second
+        # round depends on the first, and the future handed to DDP must cover both.
+        second_work, second_fut = allreduce_async(second, group)
+        second_fut.wait()
+        second_work.wait()
+        began = time.perf_counter()
+        codec.decode(buffer, first, second)
+        state._decompress_seconds += time.perf_counter() - began
+        return buffer
+
+    return state._then(bucket.index(), fut, second_round, work)
 
 
 def _call_with_tail(

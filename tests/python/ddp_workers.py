@@ -111,3 +111,24 @@ def topk_wire_ratio_and_training(
     )
     del model, ddp, state
     _shutdown()
+
+
+def method_trains(rank: int, world_size: int, port: int, out_dir: str, spec: str) -> None:
+    """Trains SmallNet with one compressor (every tensor compressed: min_numel=0)."""
+    _init(rank, world_size, port)
+    torch.manual_seed(0)
+    model = SmallNet()
+    ddp = DistributedDataParallel(model)
+    state = gradcomp.register(ddp, spec, min_numel=0)
+    losses = _train(model, ddp, rank, steps=150, lr=0.05)
+    torch.save(
+        {
+            "stats": state.stats(),
+            "shapes": [tuple(p.shape) for p in model.parameters()],
+            "losses": losses,
+            "params": _params(model),
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
+    del model, ddp, state
+    _shutdown()

@@ -41,7 +41,12 @@ def test_resolve_forms_agree() -> None:
 @pytest.mark.parametrize(
     ("compressor", "options", "error", "match"),
     [
-        ("topq", {}, ValueError, "unknown compressor 'topq'; valid names: none, topk"),
+        (
+            "topq",
+            {},
+            ValueError,
+            "unknown compressor 'topq'; valid names: bf16, fp16, int8, none, powersgd, qsgd",
+        ),
         ("topk", {"ratio": 0.0}, ValueError, r"ratio=0 is out of range; valid: ratio in \(0, 1\]"),
         ("topk", {"ratio": 1.5}, ValueError, "ratio=1.5 is out of range"),
         ("topk", {"ratio": -1}, ValueError, "out of range"),

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 import gradcomp
 
 import ddp_workers
+import wire
 from conftest import free_port
 from reference import topk_k
 
@@ -147,3 +148,103 @@ def test_communication_objects_outlive_their_callbacks(single_rank_group: None) 
         assert state._pending_callbacks == 0
         kept = [obj for objs in state._in_flight.values() for obj in objs]
         assert any(isinstance(obj, torch.distributed.Work) for obj in kept)
+
+
+# Every method, with its expected wire ratio (bytes handed to collectives / dense fp32 bytes).
+_METHODS = [
+    "topk_approx",
+    "topk_int8",
+    "randomk:ratio=0.1",
+    "threshold:density=0.01",
+    "qsgd",
+    "qsgd:bits=8",
+    "sign",
+    "int8",
+    "fp16",
+    "bf16",
+    "powersgd:rank=2",
+]
+
+
+def _expected_ratio(spec: str, shapes: list[tuple[int, ...]]) -> float:
+    name, options = gradcomp.parse_spec(spec)
+    numels = [math.prod(s) for s in shapes]
+    dense = 4 * sum(numels)
+    if name == "powersgd":
+        return wire.powersgd_bytes(shapes, rank=int(options["rank"])) / dense
+    if name == "threshold":
+        # 8 bytes per selected element at the target density, headers, the count exchange.
+        return (8 * options["density"] * sum(numels) + 8 * len(numels) + 8) / dense
+    # DDP buckets parameters in reverse order.
+    return wire.bucket_bytes(name, list(reversed(numels)), **options) / dense
+
+
+@pytest.mark.parametrize("spec", _METHODS)
+def test_method_trains_with_its_wire_ratio(tmp_path: Path, spec: str) -> None:
+    ranks = _spawn(ddp_workers.method_trains, 2, tmp_path, spec)
+    expected = _expected_ratio(spec, ranks[0]["shapes"])
+    for result in ranks:
+        stats = result["stats"]
+        assert stats["steps"] == 150
+        tolerance = 0.35 if spec.startswith("threshold") else 0.01  # threshold's count varies
+        assert math.isclose(stats["ratio"], expected, rel_tol=tolerance), (stats, expected)
+        losses = result["losses"]
+        first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+        print(f"{spec}: ratio={stats['ratio']:.4f} loss first20={first:.3f} last20={last:.3f}")
+        assert last < 0.6 * first, (spec, first, last)
+    # Every rank applies the same averaged gradient, so parameters stay identical.
+    for name, p0 in ranks[0]["params"].items():
+        assert torch.equal(p0, ranks[1]["params"][name]), (spec, name)
+
+
+@pytest.mark.parametrize("spec", ["topk", "qsgd", "threshold", "powersgd", "fp16", "randomk"])
+def test_without_error_feedback_nothing_is_kept(single_rank_group: None, spec: str) -> None:
+    model = torch.nn.Linear(64, 64)
+    ddp = DistributedDataParallel(model)
+    state = gradcomp.register(ddp, spec, min_numel=0, error_feedback=False)
+    for _ in range(2):
+        ddp(torch.randn(4, 64)).sum().backward()
+    assert state.stats()["steps"] == 2
+    assert state.stats()["residual_norm"] == 0.0
+    assert state.state_dict()["residuals"] == {}
+
+
+def test_randomk_unbiased_with_error_feedback_is_refused(single_rank_group: None) -> None:
+    ddp = DistributedDataParallel(torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="unbiased=1 .* error feedback"):
+        gradcomp.register(ddp, "randomk:unbiased=1")
+    gradcomp.register(ddp, "randomk:unbiased=1", error_feedback=False)  # fine without
+
+
+def test_powersgd_state_dict_keeps_warm_start_and_resumes_identically(
+    single_rank_group: None,
+) -> None:
+    def make() -> tuple[torch.nn.Module, DistributedDataParallel, gradcomp.HookState]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(48, 8))
+        ddp = DistributedDataParallel(model)
+        return model, ddp, gradcomp.register(ddp, "powersgd:rank=2", min_numel=0)
+
+    data = [torch.randn(4, 32, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    # Uninterrupted: six steps (gradients only; the weights stay fixed so steps compare).
+    _model, ddp, state = make()
+    grads = []
+    for x in data:
+        ddp.zero_grad()
+        ddp(x).sum().backward()
+        grads.append([p.grad.clone() for p in ddp.parameters()])
+    # Interrupted after three steps and resumed from the state dict in a fresh hook.
+    _model, ddp, first = make()
+    for x in data[:3]:
+        ddp.zero_grad()
+        ddp(x).sum().backward()
+    saved = first.state_dict()
+    assert saved["version"] == 2 and len(saved["warm_start"]) == 2
+    _model, ddp, resumed = make()
+    resumed.load_state_dict(saved)
+    for step, x in enumerate(data[3:], start=3):
+        ddp.zero_grad()
+        ddp(x).sum().backward()
+        for p, expected in zip(ddp.parameters(), grads[step], strict=True):
+            assert torch.equal(p.grad, expected), step
+    assert state.stats()["ratio"] < 0.5

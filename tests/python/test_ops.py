@@ -137,3 +137,70 @@ def test_ops_under_torch_compile() -> None:
 
 def test_compressor_names_match_python_configs() -> None:
     assert gradcomp.compressor_names() == sorted(gradcomp.config.CONFIGS)
+
+
+_PER_TENSOR = ["topk_approx", "topk_int8", "randomk", "qsgd:bits=2", "sign", "int8", "fp16"]
+
+
+@pytest.mark.parametrize("spec", [*_PER_TENSOR, "bf16", "threshold:tau=0.5"])
+def test_opcheck_generic_compress_and_decompress(spec: str) -> None:
+    x = torch.randn(3000)
+    key = ops.parameter_key("w") - 2**64 if ops.parameter_key("w") >= 2**63 else 0
+    torch.library.opcheck(torch.ops.gradcomp.compress.default, (x, spec, 2, 1, key, 0))
+    payload = ops.compress(x, spec, step=2, seed=1)
+    torch.library.opcheck(torch.ops.gradcomp.decompress.default, (payload, spec, 3000, 2, 1, 0))
+
+
+def test_opcheck_orthonormalize() -> None:
+    torch.library.opcheck(torch.ops.gradcomp.orthonormalize.default, (torch.randn(2, 30, 3),))
+
+
+@pytest.mark.parametrize("spec", _PER_TENSOR)
+def test_generic_ops_under_torch_compile(spec: str) -> None:
+    def roundtrip(x: torch.Tensor) -> torch.Tensor:
+        return ops.decompress(ops.compress(x, spec, step=1), spec, x.numel(), step=1)
+
+    compiled = torch.compile(roundtrip, backend="aot_eager", fullgraph=True)
+    x = torch.randn(1000)
+    assert torch.equal(compiled(x), roundtrip(x))
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: ops.compress(torch.randn(10), "powersgd"), ValueError, "bucket-level method"),
+        (lambda: ops.compress(torch.randn(10), "qsgd:bits=3"), ValueError, r"bits in \{2, 4, 8\}"),
+        (lambda: ops.compress(torch.randn(10), "sign:chunk=12"), ValueError, "multiple of 8"),
+        (lambda: ops.compress(torch.randn(10).double(), "sign"), TypeError, "float32"),
+        (lambda: ops.compress(torch.empty(0), "sign"), ValueError, "empty"),
+        (
+            lambda: ops.decompress(torch.zeros(3, dtype=torch.uint8), "sign", 10),
+            ValueError,
+            "needs",
+        ),
+        (
+            lambda: ops.decompress(torch.zeros(4, dtype=torch.uint8), "threshold:tau=1", 1),
+            ValueError,
+            "fewer than the 8-byte header",
+        ),
+        (lambda: ops.decompress(torch.zeros(4), "fp16", 4), TypeError, "Half"),
+    ],
+)
+def test_generic_ops_reject_bad_input(call, error, match) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_threshold_decompress_rejects_a_hostile_count() -> None:
+    payload = torch.zeros(16, dtype=torch.uint8)
+    payload[:4] = torch.tensor([100, 0, 0, 0], dtype=torch.uint8)  # claims 100 entries
+    with pytest.raises(ValueError, match="corrupt payload: count 100"):
+        ops.decompress(payload, "threshold:tau=1", 1000)
+
+
+def test_orthonormalize_zeroes_dependent_columns() -> None:
+    p = torch.randn(20, 1).repeat(1, 3)  # three copies of one column
+    q = ops.orthonormalize(p)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q[:, 0].norm(), torch.tensor(1.0))
+    assert torch.all(q[:, 1:] == 0)

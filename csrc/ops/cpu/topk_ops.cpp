@@ -42,7 +42,8 @@ at::Tensor topk_decompress_cpu(const at::Tensor& values, const at::Tensor& indic
   auto out = at::zeros({numel}, values.options());
   const auto v = values.contiguous();
   const auto i = indices.contiguous();
-  topk_payload_accumulate(v.data_ptr<float>(), i.data_ptr<int32_t>(), v.numel(), out);
+  sparse_payload_accumulate("topk_decompress", v.data_ptr<float>(), i.data_ptr<int32_t>(),
+                            v.numel(), out);
   return out;
 }
 

@@ -51,7 +51,7 @@ TEST(ErrorFeedback, CompressWithFeedbackConservesTheSum) {
   auto payload = at::empty({topk->payload_numel(4000)}, at::kByte);
   topk->compress_with_feedback(grad, residual, payload, {});
   auto sent = at::zeros({4000});
-  topk->decompress_add(payload, sent);
+  topk->decompress_add(payload, sent, {});
   EXPECT_TRUE(at::equal(sent + residual, expected));
   EXPECT_EQ((sent != 0).sum().item<int64_t>(), 200);
 }

@@ -1,0 +1,187 @@
+"""Every compressor on CPU: compress, decompress and error-feedback time vs a memcpy, and bytes.
+
+    python benchmarks/bench_compressors_cpu.py --numel 25000000 --json out.json
+
+For each method and size, in one run (so ratios compare like with like): a memcpy of the
+float32 buffer (torch clone); compress (payload of the gradient); decompress (one payload
+decoded into a zeroed buffer, as the hook does per rank); and compensate+compress+residual
+(Compressor.compress_with_feedback, what a training step with error feedback costs). PowerSGD
+runs on the buffer viewed as a near-square matrix through its bucket codec with one rank:
+compress = P = MQ, orthonormalize, Q = M^T P and the residual; decompress = P Q^T. Median of
+--repeat timed runs after one warm-up. JSON records: compressor, device, numel, ratio, threads,
+*_ms medians, *_vs_copy ratios, wire_bytes and dense_bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import gradcomp
+from gradcomp import _C
+
+DEFAULT_COMPRESSORS = [
+    "topk",
+    "topk_approx",
+    "topk_int8",
+    "randomk",
+    "threshold",
+    "qsgd:bits=4",
+    "qsgd:bits=8",
+    "sign",
+    "int8",
+    "fp16",
+    "bf16",
+    "powersgd:rank=2",
+]
+# Methods whose size is set by a ratio (or, for threshold, a density).
+RATIO_OPTION = {"topk": "ratio", "topk_approx": "ratio", "topk_int8": "ratio"}
+RATIO_OPTION |= {"randomk": "ratio", "threshold": "density"}
+
+
+def median_ms(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up: page faults, allocator, thread pool
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - began))
+    return statistics.median(times)
+
+
+def with_ratio(spec: str, ratio: float) -> str | None:
+    """spec with its ratio option set, or None for methods without one."""
+    name, options = gradcomp.parse_spec(spec)
+    option = RATIO_OPTION.get(name)
+    if option is None:
+        return None
+    options[option] = ratio
+    return name + ":" + ",".join(f"{k}={v:g}" for k, v in options.items())
+
+
+def bench_powersgd(spec: str, x: torch.Tensor, grad: torch.Tensor, repeat: int) -> dict:
+    name, options = gradcomp.parse_spec(spec)
+    method = _C.make_compressor(name, options)
+    numel = x.numel()
+    rows = math.isqrt(numel)
+    while numel % rows:
+        rows -= 1
+    entries = [("w", 0, numel, True, rows)]
+    residuals, warm = _C.ErrorFeedback(), _C.ErrorFeedback()
+    codec = _C.PowerSgdCodec(method, entries, residuals, warm, 0, 1)
+    out = torch.empty_like(grad)
+
+    def compress() -> tuple[torch.Tensor, torch.Tensor]:
+        first = codec.encode_first(grad)
+        return first, codec.encode_second(first)
+
+    def full_step() -> None:
+        # decode needs the same step's encode state, so it is timed as the difference.
+        first, second = compress()
+        codec.decode(out, first, second)
+
+    compress_ms = median_ms(compress, repeat)
+    full_ms = median_ms(full_step, repeat)
+    return {
+        "compress_ms": compress_ms,
+        "decompress_ms": max(full_ms - compress_ms, 0.0),
+        "compensate_compress_residual_ms": compress_ms,
+        "wire_bytes": codec.bytes_sent,
+        "matrix": [rows, numel // rows],
+    }
+
+
+def bench(spec: str, numel: int, repeat: int) -> dict:
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(0))
+    grad = torch.randn(numel, generator=torch.Generator().manual_seed(1))
+    copy_ms = median_ms(lambda: x.clone(), repeat)
+    name, options = gradcomp.parse_spec(spec)
+    if name == "powersgd":
+        timed = bench_powersgd(spec, x, grad, repeat)
+    else:
+        method = _C.make_compressor(name, options)
+        residual = torch.zeros(numel)
+        payload = method.compress(x, step=1)
+        out = torch.zeros(numel)
+        timed = {
+            "compress_ms": median_ms(lambda: method.compress(x, step=1), repeat),
+            "decompress_ms": median_ms(
+                lambda: (out.zero_(), method.decompress_add(payload, out, step=1)), repeat
+            ),
+            # The residual changes every call (as in training); that is what a step costs.
+            "compensate_compress_residual_ms": median_ms(
+                lambda: method.compress_with_feedback(grad, residual, step=1), repeat
+            ),
+            "wire_bytes": payload.numel() * payload.element_size(),
+        }
+    record = {
+        "compressor": spec,
+        "device": "cpu",
+        "numel": numel,
+        "ratio": options.get(RATIO_OPTION.get(name, ""), None),
+        "threads": torch.get_num_threads(),
+        "copy_ms": copy_ms,
+        **timed,
+        "dense_bytes": 4 * numel,
+    }
+    for key in ("compress", "decompress", "compensate_compress_residual"):
+        record[f"{key}_vs_copy"] = record[f"{key}_ms"] / copy_ms
+    record["wire_vs_dense"] = record["wire_bytes"] / record["dense_bytes"]
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--compressors", nargs="+", default=DEFAULT_COMPRESSORS)
+    parser.add_argument("--numel", type=int, nargs="+", default=[25_000_000])
+    parser.add_argument(
+        "--ratio", type=float, nargs="+", default=[0.01], help="for topk*, randomk, threshold"
+    )
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--json", type=Path, help="write the records here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records = []
+    for numel in args.numel:
+        for spec in args.compressors:
+            variants = [with_ratio(spec, r) for r in args.ratio]
+            specs = [v for v in variants if v is not None] or [spec]
+            for variant in specs:
+                r = bench(variant, numel, args.repeat)
+                records.append(r)
+                print(
+                    f"{variant:<28} numel={numel:>11,} copy {r['copy_ms']:7.2f} ms | "
+                    f"compress {r['compress_ms']:8.2f} ms ({r['compress_vs_copy']:5.2f}x) | "
+                    f"decompress {r['decompress_ms']:8.2f} ms ({r['decompress_vs_copy']:5.2f}x) | "
+                    f"EF {r['compensate_compress_residual_ms']:8.2f} ms "
+                    f"({r['compensate_compress_residual_vs_copy']:5.2f}x) | "
+                    f"wire {r['wire_vs_dense']:.4f} of dense",
+                    flush=True,
+                )
+    if args.json:
+        meta = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "command": " ".join(sys.argv),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

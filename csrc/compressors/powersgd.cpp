@@ -1,0 +1,208 @@
+#include "compressors/powersgd.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/randn.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "compressors/aten_task_runner.h"
+#include "kernels/common/philox.h"
+#include "kernels/cpu/orthonormalize.h"
+
+namespace gradcomp {
+
+PowerSgd::PowerSgd(int64_t rank, double min_compression)
+    : rank_(rank), min_compression_(min_compression) {
+  TORCH_CHECK_VALUE(rank >= 1 && rank <= 1024, "powersgd: rank=", rank,
+                    " is out of range; valid: an integer rank in [1, 1024]");
+  TORCH_CHECK_VALUE(std::isfinite(min_compression) && min_compression >= 1.0,
+                    "powersgd: min_compression=", min_compression,
+                    " is out of range; valid: min_compression >= 1");
+}
+
+std::unique_ptr<PowerSgd> PowerSgd::create(const Options& options) {
+  OptionReader reader("powersgd", options);
+  const int64_t rank = reader.integer("rank", 2, 1, 1024);
+  const double min_compression = reader.real("min_compression", 2.0, 1.0, true, 1e9, true);
+  reader.finish();
+  return std::make_unique<PowerSgd>(rank, min_compression);
+}
+
+std::string PowerSgd::spec() const {
+  std::ostringstream out;
+  out << "powersgd:rank=" << rank_ << ",min_compression=" << min_compression_;
+  return out.str();
+}
+
+int64_t PowerSgd::rank_for(int64_t rows, int64_t cols) const {
+  if (rows < 2 || cols < 2) return 0;
+  const int64_t r = std::min({rank_, rows, cols});
+  const double low_rank = static_cast<double>((rows + cols) * r) * min_compression_;
+  return low_rank <= static_cast<double>(rows * cols) ? r : 0;
+}
+
+PowerSgdCodec::PowerSgdCodec(std::shared_ptr<const PowerSgd> method,
+                             std::vector<BucketEntry> entries,
+                             std::shared_ptr<ErrorFeedback> error_feedback,
+                             std::shared_ptr<ErrorFeedback> warm_start, uint64_t seed,
+                             int64_t world_size)
+    : method_(std::move(method)),
+      error_feedback_(std::move(error_feedback)),
+      warm_start_(std::move(warm_start)),
+      seed_(seed),
+      world_size_(world_size) {
+  TORCH_CHECK_VALUE(method_ != nullptr && warm_start_ != nullptr,
+                    "PowerSgdCodec: method and warm_start must not be null");
+  TORCH_CHECK_VALUE(world_size >= 1, "PowerSgdCodec: world_size=", world_size, " must be >= 1");
+  int64_t expected_offset = 0;
+  // Dense values first, then the P blocks, so round 1 is [dense | P_1 .. P_L].
+  for (auto& entry : entries) {
+    check_entry(entry, expected_offset);
+    numel_ += entry.numel;
+    Placement p;
+    p.entry = entry;
+    p.tensor_key = parameter_key(entry.name);
+    if (entry.compress && entry.rows >= 2 && entry.numel % entry.rows == 0) {
+      p.rows = entry.rows;
+      p.cols = entry.numel / entry.rows;
+      p.rank = method_->rank_for(p.rows, p.cols);
+    }
+    if (p.rank == 0) {
+      p.first_offset = first_numel_;
+      first_numel_ += entry.numel;
+    }
+    placements_.push_back(std::move(p));
+  }
+  bucket_extent_ = expected_offset;
+  for (auto& p : placements_) {
+    if (p.rank == 0) continue;
+    p.first_offset = first_numel_;
+    first_numel_ += p.rows * p.rank;
+    p.second_offset = second_numel_;
+    second_numel_ += p.cols * p.rank;
+    p.q_slot = warm_start_->slot(p.entry.name, p.cols * p.rank);
+    if (error_feedback_) p.residual_slot = error_feedback_->slot(p.entry.name, p.entry.numel);
+  }
+  matrices_.resize(placements_.size());
+}
+
+int64_t PowerSgdCodec::low_rank_matrices() const {
+  return std::count_if(placements_.begin(), placements_.end(),
+                       [](const Placement& p) { return p.rank > 0; });
+}
+
+void PowerSgdCodec::check_bucket(const at::Tensor& bucket) const {
+  check_bucket_tensor(bucket, bucket_extent_);
+}
+
+at::Tensor PowerSgdCodec::warm_q(const Placement& p, const at::Device& device) const {
+  auto q = warm_start_->residual(p.q_slot, device).view({p.cols, p.rank});
+  // A zero Q (first use, or every rank's gradient was zero) restarts from a random draw that
+  // every rank makes identically.
+  if (!q.any().item<bool>()) {
+    auto generator =
+        at::make_generator<at::CPUGeneratorImpl>(kernels::philox_key(seed_, p.tensor_key));
+    q.copy_(at::randn({p.cols, p.rank}, generator, at::TensorOptions().dtype(at::kFloat)));
+  }
+  return q;
+}
+
+at::Tensor PowerSgdCodec::encode_first(const at::Tensor& bucket) {
+  check_bucket(bucket);
+  auto first = at::empty({first_numel_}, bucket.options().dtype(at::kFloat));
+  for (size_t i = 0; i < placements_.size(); ++i) {
+    const auto& p = placements_[i];
+    const auto grad = bucket.narrow(0, p.entry.offset, p.entry.numel);
+    if (p.rank == 0) {
+      first.narrow(0, p.first_offset, p.entry.numel).copy_(grad);
+      matrices_[i] = at::Tensor();
+      continue;
+    }
+    at::Tensor m;
+    if (p.residual_slot >= 0) {
+      m = error_feedback_->residual(p.residual_slot, bucket.device());
+      m.add_(grad);
+    } else {
+      m = grad.scalar_type() == at::kFloat ? grad : grad.to(at::kFloat);
+    }
+    matrices_[i] = m.view({p.rows, p.cols});
+    auto out = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
+    at::mm_out(out, matrices_[i], warm_q(p, bucket.device()));
+  }
+  return first;
+}
+
+at::Tensor PowerSgdCodec::encode_second(const at::Tensor& first) {
+  TORCH_CHECK_VALUE(first.scalar_type() == at::kFloat && first.dim() == 1 &&
+                        first.is_contiguous() && first.numel() == first_numel_,
+                    "PowerSgdCodec: round 1 must be a contiguous 1-D float32 tensor of ",
+                    first_numel_, " elements, got ", first.scalar_type(), " of shape ",
+                    first.sizes());
+  check_cpu_tensor(first, "powersgd");
+  // Orthonormalization is scale-invariant: the sum over ranks needs no division first.
+  // Matrices with fewer rows or columns than the rank use a smaller rank; one batched kernel
+  // call per distinct rank.
+  std::vector<float*> factors;
+  std::vector<int64_t> rows;
+  std::vector<int64_t> ranks;
+  for (const auto& p : placements_) {
+    if (p.rank > 0 && std::find(ranks.begin(), ranks.end(), p.rank) == ranks.end()) {
+      ranks.push_back(p.rank);
+    }
+  }
+  for (const int64_t r : ranks) {
+    factors.clear();
+    rows.clear();
+    for (const auto& p : placements_) {
+      if (p.rank != r) continue;
+      factors.push_back(first.data_ptr<float>() + p.first_offset);
+      rows.push_back(p.rows);
+    }
+    kernels::cpu::orthonormalize_columns(
+        factors.data(), rows.data(), static_cast<int64_t>(factors.size()), r, aten_task_runner());
+  }
+
+  auto second = at::empty({second_numel_}, first.options());
+  for (size_t i = 0; i < placements_.size(); ++i) {
+    const auto& p = placements_[i];
+    if (p.rank == 0) continue;
+    TORCH_CHECK(matrices_[i].defined(), "PowerSgdCodec: encode_second before encode_first");
+    const auto P = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
+    auto q = second.narrow(0, p.second_offset, p.cols * p.rank).view({p.cols, p.rank});
+    at::mm_out(q, matrices_[i].t(), P);
+    if (p.residual_slot >= 0) {
+      // What this rank's own gradient loses in the projection stays for the next step.
+      matrices_[i].sub_(at::mm(P, q.t()));
+    }
+  }
+  return second;
+}
+
+void PowerSgdCodec::decode(const at::Tensor& bucket, const at::Tensor& first,
+                           const at::Tensor& second) {
+  check_bucket(bucket);
+  TORCH_CHECK_VALUE(first.numel() == first_numel_ && second.numel() == second_numel_,
+                    "PowerSgdCodec: decode got ", first.numel(), " and ", second.numel(),
+                    " elements; expected ", first_numel_, " and ", second_numel_);
+  for (size_t i = 0; i < placements_.size(); ++i) {
+    const auto& p = placements_[i];
+    auto target = bucket.narrow(0, p.entry.offset, p.entry.numel);
+    if (p.rank == 0) {
+      target.copy_(first.narrow(0, p.first_offset, p.entry.numel).div(world_size_));
+      continue;
+    }
+    auto q = second.narrow(0, p.second_offset, p.cols * p.rank).view({p.cols, p.rank});
+    q.div_(world_size_);
+    warm_start_->residual(p.q_slot, bucket.device()).view({p.cols, p.rank}).copy_(q);
+    const auto P = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
+    target.view({p.rows, p.cols}).copy_(at::mm(P, q.t()));
+    matrices_[i] = at::Tensor();
+  }
+}
+
+}  // namespace gradcomp

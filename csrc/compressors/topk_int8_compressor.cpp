@@ -1,0 +1,110 @@
+#include "compressors/topk_int8_compressor.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <vector>
+
+#include "compressors/aten_task_runner.h"
+#include "compressors/topk_compressor.h"
+#include "kernels/cpu/sparse.h"
+#include "kernels/cpu/topk.h"
+
+namespace gradcomp {
+namespace {
+
+struct View {
+  float* scale;
+  int32_t* indices;
+  int8_t* codes;
+};
+
+View view_of(const at::Tensor& payload, int64_t k) {
+  uint8_t* base = payload.data_ptr<uint8_t>();
+  return {reinterpret_cast<float*>(base), reinterpret_cast<int32_t*>(base + 4),
+          reinterpret_cast<int8_t*>(base + 4 + 4 * k)};
+}
+
+}  // namespace
+
+TopKInt8Compressor::TopKInt8Compressor(double ratio) : ratio_(ratio) {
+  TORCH_CHECK_VALUE(std::isfinite(ratio) && ratio > 0.0 && ratio <= 1.0, "topk_int8: ratio=", ratio,
+                    " is out of range; valid: ratio in (0, 1]");
+}
+
+std::unique_ptr<Compressor> TopKInt8Compressor::create(const Options& options) {
+  OptionReader reader("topk_int8", options);
+  const double ratio = reader.real("ratio", 0.01, 0.0, false, 1.0, true);
+  reader.finish();
+  return std::make_unique<TopKInt8Compressor>(ratio);
+}
+
+std::string TopKInt8Compressor::spec() const {
+  std::ostringstream out;
+  out << "topk_int8:ratio=" << ratio_;
+  return out.str();
+}
+
+int64_t TopKInt8Compressor::payload_numel(int64_t numel) const {
+  return 4 + 5 * TopKCompressor::k_for(ratio_, numel);
+}
+
+void TopKInt8Compressor::encode(float* x, const float* grad, bool compensated, int64_t n,
+                                const at::Tensor& payload) const {
+  const int64_t k = TopKCompressor::k_for(ratio_, n);
+  const View v = view_of(payload, k);
+  std::vector<float> values(k);
+  std::vector<int32_t> indices(k);  // aligned scratch: the payload's int32s need not be
+  if (compensated) {
+    kernels::cpu::topk_select_compensated(x, grad, n, k, values.data(), indices.data(),
+                                          aten_task_runner());
+  } else {
+    kernels::cpu::topk_select(x, n, k, values.data(), indices.data(), aten_task_runner());
+  }
+  const float scale = kernels::cpu::int8_symmetric_encode(values.data(), k, v.codes);
+  std::memcpy(v.scale, &scale, sizeof(scale));
+  std::memcpy(v.indices, indices.data(), 4 * k);
+  if (compensated && std::isfinite(scale)) {
+    // topk_select_compensated zeroed the sent entries; put back what int8 could not carry.
+    for (int64_t i = 0; i < k; ++i) {
+      x[indices[i]] = values[i] - kernels::cpu::int8_symmetric_decode(v.codes[i], scale);
+    }
+  }
+}
+
+int64_t TopKInt8Compressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
+                                        const CompressContext& /*ctx*/) const {
+  check_cpu_tensor(input, name());
+  encode(const_cast<float*>(input.data_ptr<float>()), nullptr, false, input.numel(), payload);
+  return payload.numel();
+}
+
+int64_t TopKInt8Compressor::do_compress_with_feedback(const at::Tensor& grad,
+                                                      const at::Tensor& residual,
+                                                      const at::Tensor& payload,
+                                                      const CompressContext& /*ctx*/) const {
+  check_cpu_tensor(grad, name());
+  check_cpu_tensor(residual, name());
+  encode(residual.data_ptr<float>(), grad.data_ptr<float>(), true, grad.numel(), payload);
+  return payload.numel();
+}
+
+int64_t TopKInt8Compressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
+                                              const CompressContext& /*ctx*/) const {
+  check_cpu_tensor(out, name());
+  const int64_t n = out.numel(), k = TopKCompressor::k_for(ratio_, n);
+  const View v = view_of(payload, k);
+  float scale;
+  std::memcpy(&scale, v.scale, sizeof(scale));
+  std::vector<int32_t> indices(k);
+  std::memcpy(indices.data(), v.indices, 4 * k);
+  const int64_t bad = kernels::cpu::sparse_accumulate_int8(scale, v.codes, indices.data(), k,
+                                                           out.data_ptr<float>(), n);
+  TORCH_CHECK_INDEX(bad < 0, "topk_int8: corrupt payload: index ", bad < 0 ? 0 : indices[bad],
+                    " at position ", bad, " is outside [0, ", n, ")");
+  return payload.numel();
+}
+
+}  // namespace gradcomp
