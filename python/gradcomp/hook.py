@@ -329,7 +329,6 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
     for (collective, _dtype, _numel, variable), message in zip(
         codec.channels, messages, strict=True
     ):
-        sent += message.numel() * message.element_size()
         if collective == "allreduce":
             work, fut = allreduce_async(message, group)
             received.append(message)
@@ -341,9 +340,10 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
                 sent += 8
                 padded = message.new_zeros(max(used))
                 padded[: message.numel()] = message
-                message = padded
+                message = padded  # what crosses the wire, and what stats() counts
             gathered, work, fut = allgather_async(message, group, world)
             received.append(gathered)
+        sent += message.numel() * message.element_size()
         works.append(work)
         futures.append(fut)
     state._count(sent, codec.dense_bytes, bucket.is_last())

@@ -37,9 +37,8 @@ void orthonormalize_one(float* m, int64_t rows, int64_t cols, std::vector<double
     }
     const double after = sum_of_squares(v, rows);
     // A non-finite norm fails both tests and reaches the division, so NaN/inf propagate.
-    const bool dependent =
-        std::isfinite(before) &&
-        (after == 0.0 || after <= kDependentColumn * kDependentColumn * before);
+    const bool dependent = std::isfinite(before) &&
+                           (after == 0.0 || after <= kDependentColumn * kDependentColumn * before);
     if (dependent) {
       std::fill(v, v + rows, 0.0);
     } else {

@@ -10,7 +10,7 @@ namespace gradcomp::kernels::cpu {
 // For each b in [0, count): matrices[b] is a row-major rows[b] x cols matrix (any rows[b] >= 1;
 // when rows[b] < cols only the first rows[b] columns can be orthonormal and the later ones come
 // out zero). Orthonormalizes the columns in place by modified Gram-Schmidt, in
-// column order. A column whose norm after projection is zero (or below 1e-30 times its norm
+// column order. A column whose norm after projection is zero (or below 1e-6 times its norm
 // before) is set to zero rather than divided by ~0, so the result never holds inf or NaN
 // unless the input does; NaN/inf in a matrix propagate into that matrix only. Matrices are
 // distributed over the runner.

@@ -196,8 +196,7 @@ TEST(Orthonormalize, BatchesWithDifferentRowsMatchOneAtATime) {
     threaded_pointers.push_back(threaded[b].data());
   }
   orthonormalize_columns(serial_pointers.data(), rows.data(), 50, cols, serial_runner());
-  orthonormalize_columns(threaded_pointers.data(), rows.data(), 50, cols,
-                         testing::ThreadRunner(3));
+  orthonormalize_columns(threaded_pointers.data(), rows.data(), 50, cols, testing::ThreadRunner(3));
   for (int64_t b = 0; b < 50; ++b) {
     ASSERT_EQ(std::memcmp(serial[b].data(), threaded[b].data(), serial[b].size() * sizeof(float)),
               0)

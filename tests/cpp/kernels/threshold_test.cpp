@@ -31,9 +31,8 @@ enum class Data {
   kSorted,       // |normal| in ascending order
 };
 
-const Data kAllKinds[] = {Data::kNormal,      Data::kFewValues, Data::kAllEqual,
-                          Data::kAllZero,     Data::kSignedZeros, Data::kNonFinite,
-                          Data::kOutliers,    Data::kSorted};
+const Data kAllKinds[] = {Data::kNormal,      Data::kFewValues, Data::kAllEqual, Data::kAllZero,
+                          Data::kSignedZeros, Data::kNonFinite, Data::kOutliers, Data::kSorted};
 
 float from_bits(uint32_t bits) {
   float v;
@@ -46,8 +45,12 @@ std::vector<float> make_data(int64_t n, Data kind, uint32_t seed) {
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int> few(-3, 3);
   std::uniform_int_distribution<int> pick(0, 15);
-  const float specials[] = {kInf, -kInf, from_bits(0x7fc00000u), from_bits(0xffc00001u),
-                            from_bits(0x7f800001u), from_bits(0x7fffffffu)};
+  const float specials[] = {kInf,
+                            -kInf,
+                            from_bits(0x7fc00000u),
+                            from_bits(0xffc00001u),
+                            from_bits(0x7f800001u),
+                            from_bits(0x7fffffffu)};
   std::vector<float> x(n);
   for (auto& v : x) {
     switch (kind) {
@@ -110,8 +113,8 @@ std::vector<uint32_t> thresholds_for(const std::vector<float>& x) {
   std::vector<uint32_t> keys;
   for (const float v : x) keys.push_back(magnitude_key(v));
   std::sort(keys.begin(), keys.end());
-  std::vector<uint32_t> out{0u, 1u, magnitude_key(kInf), 0x7fc00000u, 0x7fffffffu, 0x80000000u,
-                            0xffffffffu};
+  std::vector<uint32_t> out{0u,          1u,          magnitude_key(kInf), 0x7fc00000u,
+                            0x7fffffffu, 0x80000000u, 0xffffffffu};
   for (const double q : {0.0, 0.01, 0.5, 0.9, 0.999}) {
     if (!keys.empty()) out.push_back(keys[static_cast<size_t>(q * (keys.size() - 1))]);
   }
@@ -126,13 +129,14 @@ TEST(CountAndCompact, MatchScalarReference) {
       for (const uint32_t t : thresholds_for(x)) {
         const auto expected = reference_compact(x, t);
         const auto count = static_cast<int64_t>(expected.values.size());
-        for (const TaskRunner* runner : {&serial_runner(), static_cast<const TaskRunner*>(&threads)}) {
+        for (const TaskRunner* runner :
+             {&serial_runner(), static_cast<const TaskRunner*>(&threads)}) {
           ASSERT_EQ(count_selected(x.data(), n, t, *runner), count) << "n=" << n << " t=" << t;
           std::vector<float> values(count + 1, 7.0f);
           std::vector<int32_t> indices(count + 1, -7);
-          ASSERT_EQ(compact_selected(x.data(), n, t, values.data(), indices.data(), count + 1,
-                                     *runner),
-                    count);
+          ASSERT_EQ(
+              compact_selected(x.data(), n, t, values.data(), indices.data(), count + 1, *runner),
+              count);
           indices.pop_back();
           ASSERT_EQ(indices, expected.indices) << "n=" << n << " t=" << t;
           for (int64_t i = 0; i < count; ++i) {
@@ -153,8 +157,8 @@ TEST(CountAndCompact, CapacityBelowCountWritesNothingPastIt) {
   const auto expected = reference_compact(x, t);
   const auto count = static_cast<int64_t>(expected.values.size());
   const float sentinel = -12345.0f;
-  for (const int64_t capacity : {int64_t{0}, int64_t{1}, int64_t{17}, count / 3, count / 2,
-                                 count - 1}) {
+  for (const int64_t capacity :
+       {int64_t{0}, int64_t{1}, int64_t{17}, count / 3, count / 2, count - 1}) {
     for (const TaskRunner* runner : {&serial_runner(), static_cast<const TaskRunner*>(&threads)}) {
       std::vector<float> values(count + 64, sentinel);
       std::vector<int32_t> indices(count + 64, -99);
@@ -236,8 +240,8 @@ TEST(EstimateThreshold, SampledCountIsCloseToTarget) {
   const auto x = make_data(n, Data::kSorted, 8);
   const uint64_t key = philox_key(7, 1);
   // Relative sd of the count is about 1/sqrt(target * samples / n): 10% and 3.2% here.
-  for (const auto& [target, tolerance] : {std::pair<int64_t, double>{10000, 0.4},
-                                         std::pair<int64_t, double>{100000, 0.13}}) {
+  for (const auto& [target, tolerance] :
+       {std::pair<int64_t, double>{10000, 0.4}, std::pair<int64_t, double>{100000, 0.13}}) {
     double mean_error = 0.0;
     for (uint64_t step = 0; step < 8; ++step) {
       const uint32_t t = estimate_threshold(x.data(), n, target, samples, key, step);
@@ -302,8 +306,10 @@ TEST_P(TopKApproxSizes, SelectsExactlyWhatTopKSelects) {
     const auto x = make_data(n, kind, static_cast<uint32_t>(n) * 3 + 1);
     for (const int64_t k : {int64_t{1}, n, n / 100, n / 10}) {
       if (k < 1) continue;
-      for (const TaskRunner* runner : {&serial_runner(), static_cast<const TaskRunner*>(&threads)}) {
-        const auto got = approx(x, k, samples, philox_key(3, static_cast<uint64_t>(k)), 11, *runner);
+      for (const TaskRunner* runner :
+           {&serial_runner(), static_cast<const TaskRunner*>(&threads)}) {
+        const auto got =
+            approx(x, k, samples, philox_key(3, static_cast<uint64_t>(k)), 11, *runner);
         ASSERT_GE(got.passes, 0);
         ASSERT_LE(got.passes, 2);
         ++passes[got.passes];
@@ -326,16 +332,14 @@ TEST_P(TopKApproxSizes, SelectsExactlyWhatTopKSelects) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, TopKApproxSizes,
-                         ::testing::Values(1, 2, 7, 1000, 100003, 1000000));
+INSTANTIATE_TEST_SUITE_P(Sizes, TopKApproxSizes, ::testing::Values(1, 2, 7, 1000, 100003, 1000000));
 
 // The positions of words [first, first + count) of the documented sampling stream.
 std::vector<int64_t> sampled_positions(int64_t n, uint64_t key, uint64_t step, uint64_t first,
                                        uint64_t count) {
   std::vector<int64_t> out;
   for (uint64_t w = first; w < first + count; ++w) {
-    out.push_back(uniform_below(philox_block(key, step, w / 4).v[w % 4],
-                                static_cast<uint32_t>(n)));
+    out.push_back(uniform_below(philox_block(key, step, w / 4).v[w % 4], static_cast<uint32_t>(n)));
   }
   return out;
 }
