@@ -24,6 +24,29 @@ def _load(relative: str) -> ModuleType:
     return module
 
 
+def test_compressors_benchmark_writes_a_record_per_method(tmp_path: Path, monkeypatch) -> None:
+    bench = _load("benchmarks/bench_compressors_cpu.py")
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--numel", "4096", "--ratio", "0.01", "0.1", "--repeat", "1", "--json"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(out)])
+    assert bench.main() == 0
+    records = json.loads(out.read_text())["records"]
+    names = [r["compressor"].split(":")[0] for r in records]
+    # Ratio-driven methods once per ratio, the rest once each.
+    for name in ("topk", "topk_approx", "topk_int8", "randomk", "threshold"):
+        assert names.count(name) == 2, name
+    for name in ("sign", "int8", "fp16", "bf16", "powersgd"):
+        assert names.count(name) == 1, name
+    assert names.count("qsgd") == 2  # bits 4 and 8
+    for r in records:
+        assert r["device"] == "cpu" and r["numel"] == 4096 and r["dense_bytes"] == 4 * 4096
+        assert 0 < r["wire_bytes"] <= 4 * 4096 + 8
+        for key in ("copy_ms", "compress_ms", "decompress_ms", "compensate_compress_residual_ms"):
+            assert r[key] >= 0
+    fp16 = next(r for r in records if r["compressor"] == "fp16")
+    assert fp16["wire_bytes"] == 2 * 4096
+
+
 def test_topk_benchmark_writes_its_records(tmp_path: Path, monkeypatch) -> None:
     bench = _load("benchmarks/bench_topk_cpu.py")
     out = tmp_path / "bench.json"
