@@ -5,15 +5,21 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/common/elementwise.h"
 #include "kernels/common/philox.h"
 
 namespace gradcomp::kernels::cpu {
 namespace {
 
+using kernels::bfloat16_to_float;
+using kernels::float_bits;
+using kernels::float_to_bfloat16;
+using kernels::float_to_half;
+using kernels::half_to_float;
+
 // Below this many elements per task the threading overhead outweighs the work.
 constexpr int64_t kMinElementsPerTask = 1 << 15;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
 // QSGD draws its random words in pieces of this many elements (a multiple of 64).
 constexpr int64_t kMaxQsgdChunk = 1024;
 
@@ -23,17 +29,6 @@ float load_float(const uint8_t* p) {
   return v;
 }
 void store_float(uint8_t* p, float v) { std::memcpy(p, &v, sizeof(v)); }
-
-uint32_t float_bits(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  return bits;
-}
-float bits_float(uint32_t bits) {
-  float v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
 
 // words[i] = word (first + i) of the Philox stream (key, step), for i in [0, count), with
 // `first` a multiple of 4. The rounds of 16 blocks run in lockstep over plain arrays, which the
@@ -101,47 +96,6 @@ const uint8_t* codes_of(const uint8_t* payload, int64_t n, int64_t chunk, int st
   return payload + 4 * stats * num_chunks(n, chunk);
 }
 
-// Round to nearest even, overflow to inf, NaN to the canonical quiet NaN with its sign: the
-// same bits as c10::Half (F. Giesen's float_to_half_fast3_rtne).
-uint16_t float_to_half(float value) {
-  uint32_t x = float_bits(value);
-  const uint32_t sign = x & 0x80000000u;
-  x ^= sign;
-  uint32_t out;
-  if (x >= (143u << 23)) {  // |x| >= 65536 (or inf, NaN): beyond any rounding to 65504
-    out = x > (255u << 23) ? 0x7e00u : 0x7c00u;
-  } else if (x < (113u << 23)) {  // below 2^-14: a half subnormal; float addition rounds it
-    const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
-    out = float_bits(bits_float(x) + bits_float(magic)) - magic;
-  } else {
-    const uint32_t odd = (x >> 13) & 1u;
-    x += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + odd;
-    out = x >> 13;  // a carry out of the mantissa rounds 65520.. up to inf, as it should
-  }
-  return static_cast<uint16_t>(out | (sign >> 16));
-}
-
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
-    const float magnitude = static_cast<float>(mantissa) * (1.0f / 16777216.0f);
-    return bits_float(float_bits(magnitude) | sign);
-  }
-  if (exponent == 31) return bits_float(sign | 0x7f800000u | (mantissa << 13));
-  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
-}
-
-// c10::BFloat16's round_to_nearest_even, NaN included (always 0x7fc0).
-uint16_t float_to_bfloat16(float value) {
-  if (std::isnan(value)) return 0x7fc0u;
-  const uint32_t bits = float_bits(value);
-  return static_cast<uint16_t>((bits + ((bits >> 16) & 1u) + 0x7fffu) >> 16);
-}
-
-float bfloat16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
-
 }  // namespace
 
 // -- QSGD ------------------------------------------------------------------------------------
@@ -170,13 +124,7 @@ void qsgd_encode(const float* x, int64_t n, int bits, int64_t chunk, uint64_t ke
       const int64_t part_end = std::min(end, part + kMaxQsgdChunk);
       philox_words(key, step, part, part_end - part, words);
       for (int64_t i = part; i < part_end; ++i) {
-        // r is in [0, levels]: truncation is floor (std::floor is a call without SSE4.1).
-        const float r = std::min(std::fabs(x[i]) * to_level, static_cast<float>(levels));
-        const float floor_r = static_cast<float>(static_cast<int32_t>(r));
-        const float u = uniform_float(words[i - part]);
-        uint32_t level = static_cast<uint32_t>(floor_r) + (u < r - floor_r ? 1u : 0u);
-        level = std::min<uint32_t>(level, static_cast<uint32_t>(levels));
-        const uint32_t code = (std::signbit(x[i]) ? sign_bit : 0u) | level;
+        const uint32_t code = qsgd_code(x[i], to_level, levels, sign_bit, words[i - part]);
         const int64_t j = i - begin;
         out[j >> per_byte_log2] |= static_cast<uint8_t>(code << ((j & slot_mask) * bits));
       }
@@ -278,12 +226,7 @@ void int8_encode(const float* x, int64_t n, int64_t chunk, uint8_t* payload,
       return;
     }
     for (int64_t i = begin; i < end; ++i) {
-      // (x - low) / step is in [0, 255] (up to rounding); adding and subtracting 1.5 * 2^23
-      // rounds it half to even in the default rounding mode, and vectorizes (nearbyint is a
-      // library call without SSE4.1).
-      const float scaled = std::min(255.0f, std::max(0.0f, (x[i] - low) / step));
-      const float q = (scaled + kRoundMagic) - kRoundMagic;
-      out[i - begin] = static_cast<uint8_t>(q);
+      out[i - begin] = int8_code(x[i], low, step);
     }
   });
 }
