@@ -3,6 +3,8 @@
 Environment knobs:
   GRADCOMP_WITH_CUDA=0|1   force the CUDA build off/on (default: on when torch has CUDA and
                            nvcc is on PATH)
+  GRADCOMP_CUDA_KERNELS=0|1  compile the torch-free CUDA kernels (default: on when nvcc is on
+                           PATH, even with a CPU-only torch, so every .cu file is compile-checked)
   GRADCOMP_BUILD_TESTS=1   also build the GoogleTest binaries (run them with ctest in the
                            build directory)
   GRADCOMP_BUILD_DIR=PATH  CMake build directory (default: build/cmake in the source tree)
@@ -49,6 +51,9 @@ class CMakeBuild(build_ext):
         with_cuda = _flag("GRADCOMP_WITH_CUDA")
         if with_cuda is None:
             with_cuda = torch.version.cuda is not None and shutil.which("nvcc") is not None
+        cuda_kernels = _flag("GRADCOMP_CUDA_KERNELS")
+        if cuda_kernels is None:
+            cuda_kernels = with_cuda or shutil.which("nvcc") is not None
         build_tests = bool(_flag("GRADCOMP_BUILD_TESTS"))
         configure = [
             "cmake",
@@ -63,11 +68,13 @@ class CMakeBuild(build_ext):
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DGRADCOMP_OUTPUT_DIR={output_dir}",
             f"-DGRADCOMP_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
+            f"-DGRADCOMP_CUDA_KERNELS={'ON' if cuda_kernels else 'OFF'}",
             f"-DGRADCOMP_BUILD_TESTS={'ON' if build_tests else 'OFF'}",
         ]
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         print(
             f"gradcomp: configuring in {build_dir} (CUDA {'on' if with_cuda else 'off'}, "
+            f"CUDA kernels {'on' if cuda_kernels else 'off'}, "
             f"tests {'on' if build_tests else 'off'})",
             flush=True,
         )

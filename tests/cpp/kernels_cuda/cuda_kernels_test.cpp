@@ -1,0 +1,306 @@
+// Every CUDA kernel against its CPU counterpart on the same inputs. Output buffers start
+// poisoned, so an element a kernel forgot to write is caught. Skips without a GPU.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/orthonormalize.h"
+#include "kernels/cpu/quantize.h"
+#include "kernels/cpu/randomk.h"
+#include "kernels/cpu/sparse.h"
+#include "kernels/cpu/threshold.h"
+#include "kernels/cuda/kernels.h"
+
+namespace gradcomp::kernels {
+namespace {
+
+bool has_gpu() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device visible"
+
+void check(cudaError_t status) { ASSERT_EQ(status, cudaSuccess) << cudaGetErrorString(status); }
+
+template <typename T>
+class Device {
+ public:
+  explicit Device(size_t count, unsigned char poison = 0xAB) : count_(count) {
+    void* memory = nullptr;
+    EXPECT_EQ(cudaMalloc(&memory, std::max<size_t>(1, count) * sizeof(T)), cudaSuccess);
+    data_ = static_cast<T*>(memory);
+    EXPECT_EQ(cudaMemset(data_, poison, std::max<size_t>(1, count) * sizeof(T)), cudaSuccess);
+  }
+  explicit Device(const std::vector<T>& host) : Device(host.size()) {
+    EXPECT_EQ(cudaMemcpy(data_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
+  ~Device() { cudaFree(data_); }
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+  T* get() const { return data_; }
+  std::vector<T> host() const {
+    std::vector<T> out(count_);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(out.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    return out;
+  }
+
+ private:
+  T* data_ = nullptr;
+  size_t count_;
+};
+
+std::vector<float> normal(int64_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> x(n);
+  for (auto& v : x) v = dist(rng);
+  return x;
+}
+
+const int64_t kSizes[] = {1, 7, 255, 256, 257, 4097, 100003};
+constexpr int64_t kChunk = 128;
+
+float stat(const std::vector<uint8_t>& payload, int64_t index) {
+  float v;
+  std::memcpy(&v, payload.data() + 4 * index, 4);
+  return v;
+}
+
+// Statistics are block reductions on the GPU and sequential sums on the CPU: equal up to the
+// last bit of the float32 result.
+void expect_stats_close(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b,
+                        int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float x = stat(a, i), y = stat(b, i);
+    if (std::isnan(x) || std::isnan(y)) {
+      EXPECT_TRUE(std::isnan(x) && std::isnan(y)) << i;
+    } else {
+      EXPECT_NEAR(x, y, 2e-7f * std::fabs(y)) << i;
+    }
+  }
+}
+
+TEST(CudaKernels, SignMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t n : kSizes) {
+    auto x = normal(n, 1);
+    if (n > 300) x[300 % n] = std::numeric_limits<float>::quiet_NaN();
+    const int64_t bytes = cpu::chunked_payload_bytes(n, kChunk, 1, 1);
+    std::vector<uint8_t> cpu_payload(bytes);
+    cpu::sign_encode(x.data(), n, kChunk, cpu_payload.data(), cpu::serial_runner());
+    Device<float> dx(x);
+    Device<uint8_t> dp(bytes);
+    check(cuda::sign_encode(dx.get(), n, kChunk, dp.get(), nullptr));
+    const auto gpu_payload = dp.host();
+    const int64_t chunks = cpu::num_chunks(n, kChunk);
+    expect_stats_close(gpu_payload, cpu_payload, chunks);
+    EXPECT_TRUE(std::equal(gpu_payload.begin() + 4 * chunks, gpu_payload.end(),
+                           cpu_payload.begin() + 4 * chunks))
+        << n;
+    Device<float> out(std::vector<float>(n, 1.0f));
+    check(cuda::sign_decode_add(dp.get(), n, kChunk, out.get(), -1.0f, nullptr));
+    std::vector<float> expected(n, 1.0f);
+    cpu::sign_decode_add(gpu_payload.data(), n, kChunk, expected.data(), cpu::serial_runner(),
+                         -1.0f);
+    const auto got = out.host();
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::isnan(expected[i])) {
+        EXPECT_TRUE(std::isnan(got[i]));
+      } else {
+        EXPECT_EQ(got[i], expected[i]) << i;
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, Int8MatchesCpuBitForBit) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t n : kSizes) {
+    const auto x = normal(n, 2, 5.0f);
+    const int64_t bytes = cpu::chunked_payload_bytes(n, kChunk, 2, 8);
+    std::vector<uint8_t> cpu_payload(bytes);
+    cpu::int8_encode(x.data(), n, kChunk, cpu_payload.data(), cpu::serial_runner());
+    Device<float> dx(x);
+    Device<uint8_t> dp(bytes);
+    check(cuda::int8_encode(dx.get(), n, kChunk, dp.get(), nullptr));
+    EXPECT_EQ(dp.host(), cpu_payload) << n;  // min, max and division are exact
+    Device<float> out(n);
+    check(cudaMemset(out.get(), 0, n * sizeof(float)));
+    check(cuda::int8_decode_add(dp.get(), n, kChunk, out.get(), 1.0f, nullptr));
+    std::vector<float> expected(n, 0.0f);
+    cpu::int8_decode_add(cpu_payload.data(), n, kChunk, expected.data(), cpu::serial_runner());
+    EXPECT_EQ(out.host(), expected) << n;
+  }
+}
+
+TEST(CudaKernels, QsgdMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const int bits : {2, 4, 8}) {
+    for (const int64_t n : kSizes) {
+      const auto x = normal(n, 3);
+      const int64_t bytes = cpu::chunked_payload_bytes(n, kChunk, 1, bits);
+      std::vector<uint8_t> cpu_payload(bytes);
+      cpu::qsgd_encode(x.data(), n, bits, kChunk, 99, 5, cpu_payload.data(), cpu::serial_runner());
+      Device<float> dx(x);
+      Device<uint8_t> dp(bytes);
+      check(cuda::qsgd_encode(dx.get(), n, bits, kChunk, 99, 5, dp.get(), nullptr));
+      const auto gpu_payload = dp.host();
+      const int64_t chunks = cpu::num_chunks(n, kChunk);
+      expect_stats_close(gpu_payload, cpu_payload, chunks);
+      // The same Philox draws: codes agree except where a norm differing in its last bit moves
+      // an element across a rounding boundary.
+      int64_t differ = 0;
+      for (int64_t i = 4 * chunks; i < bytes; ++i) differ += gpu_payload[i] != cpu_payload[i];
+      EXPECT_LE(differ, 1 + (bytes - 4 * chunks) / 1000) << "bits=" << bits << " n=" << n;
+      Device<float> out(n);
+      check(cudaMemset(out.get(), 0, n * sizeof(float)));
+      check(cuda::qsgd_decode_add(dp.get(), n, bits, kChunk, out.get(), 1.0f, nullptr));
+      std::vector<float> expected(n, 0.0f);
+      cpu::qsgd_decode_add(gpu_payload.data(), n, bits, kChunk, expected.data(),
+                           cpu::serial_runner());
+      const auto got = out.host();
+      for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(got[i], expected[i], 1e-6f) << i;
+    }
+  }
+}
+
+TEST(CudaKernels, CastsMatchCpuBitForBit) {
+  SKIP_WITHOUT_GPU();
+  auto x = normal(100003, 4, 1000.0f);
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            65504.0f,
+                            65520.0f,
+                            1e-8f,
+                            -6e-8f,
+                            1e10f,
+                            std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN()};
+  x.insert(x.end(), std::begin(specials), std::end(specials));
+  const auto n = static_cast<int64_t>(x.size());
+  Device<float> dx(x);
+  for (const bool half : {true, false}) {
+    std::vector<uint16_t> expected(n);
+    (half ? cpu::fp16_encode : cpu::bf16_encode)(x.data(), n, 0.5f, expected.data(),
+                                                 cpu::serial_runner());
+    Device<uint16_t> dp(n);
+    check((half ? cuda::fp16_encode : cuda::bf16_encode)(dx.get(), n, 0.5f, dp.get(), nullptr));
+    EXPECT_EQ(dp.host(), expected);
+    Device<float> out(n);
+    check(cudaMemset(out.get(), 0, n * sizeof(float)));
+    check((half ? cuda::fp16_decode_add : cuda::bf16_decode_add)(dp.get(), n, out.get(), 2.0f,
+                                                                 nullptr));
+    std::vector<float> back(n, 0.0f);
+    (half ? cpu::fp16_decode_add : cpu::bf16_decode_add)(expected.data(), n, back.data(),
+                                                         cpu::serial_runner(), 2.0f);
+    const auto got = out.host();
+    EXPECT_EQ(0, std::memcmp(got.data(), back.data(), n * sizeof(float)));
+  }
+}
+
+TEST(CudaKernels, RandomKDrawsTheCpuIndices) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t n : kSizes) {
+    for (const int64_t k : {int64_t{1}, (n + 9) / 10, n}) {
+      std::vector<int32_t> expected(k);
+      cpu::randomk_indices(n, k, 1234, 7, expected.data(), cpu::serial_runner());
+      Device<int32_t> indices(k);
+      check(cuda::randomk_indices(n, k, 1234, 7, indices.get(), nullptr));
+      EXPECT_EQ(indices.host(), expected) << "n=" << n << " k=" << k;
+      const auto x = normal(n, 5);
+      std::vector<float> values(k);
+      cpu::randomk_gather(x.data(), n, k, expected.data(), true, values.data(),
+                          cpu::serial_runner());
+      Device<float> dx(x);
+      Device<float> dv(k);
+      check(cuda::randomk_gather(dx.get(), n, k, indices.get(), true, dv.get(), nullptr));
+      EXPECT_EQ(dv.host(), values);
+    }
+  }
+}
+
+TEST(CudaKernels, SparseAccumulateRecordsTheFirstBadIndex) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<float> values{1.0f, 2.0f, 3.0f, 4.0f};
+  const std::vector<int32_t> indices{3, 9, 0, -1};  // 9 and -1 are outside [0, 5)
+  Device<float> dv(values);
+  Device<int32_t> di(indices);
+  Device<float> out(std::vector<float>(5, 0.5f));
+  Device<unsigned long long> bad(std::vector<unsigned long long>{4});
+  check(cuda::sparse_accumulate(dv.get(), di.get(), 4, out.get(), 5, 2.0f, bad.get(), nullptr));
+  EXPECT_EQ(bad.host()[0], 1u);
+  EXPECT_EQ(out.host(), (std::vector<float>{6.5f, 0.5f, 0.5f, 2.5f, 0.5f}));
+}
+
+TEST(CudaKernels, ThresholdSelectionMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t n : kSizes) {
+    const auto x = normal(n, 6);
+    const uint32_t key = cpu::magnitude_key(1.5f);
+    std::vector<float> values(n);
+    std::vector<int32_t> indices(n);
+    const int64_t count = cpu::compact_selected(x.data(), n, key, values.data(), indices.data(), n,
+                                                cpu::serial_runner());
+    Device<float> dx(x);
+    Device<int32_t> di(n);
+    Device<int64_t> dcount(1);
+    size_t temp_bytes = 0;
+    check(cuda::select_at_least(dx.get(), n, key, di.get(), dcount.get(), nullptr, &temp_bytes,
+                                nullptr));
+    Device<uint8_t> temp(temp_bytes);
+    check(cuda::select_at_least(dx.get(), n, key, di.get(), dcount.get(), temp.get(), &temp_bytes,
+                                nullptr));
+    Device<float> dv(n);
+    check(cuda::gather_selected(dx.get(), di.get(), dcount.get(), n, dv.get(), nullptr));
+    ASSERT_EQ(dcount.host()[0], count) << n;
+    const auto got_indices = di.host();
+    const auto got_values = dv.host();
+    for (int64_t j = 0; j < count; ++j) {
+      EXPECT_EQ(got_indices[j], indices[j]);
+      EXPECT_EQ(got_values[j], values[j]);
+    }
+  }
+}
+
+TEST(CudaKernels, OrthonormalizeMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t cols = 3;
+  const std::vector<int64_t> rows{1, 5, 300, 2000};
+  std::vector<std::vector<float>> host;
+  std::vector<float*> cpu_pointers;
+  for (size_t b = 0; b < rows.size(); ++b) {
+    host.push_back(normal(rows[b] * cols, 7 + static_cast<uint32_t>(b)));
+  }
+  std::vector<std::vector<float>> expected = host;
+  for (auto& m : expected) cpu_pointers.push_back(m.data());
+  cpu::orthonormalize_columns(cpu_pointers.data(), rows.data(), static_cast<int64_t>(rows.size()),
+                              cols, cpu::serial_runner());
+  std::vector<std::unique_ptr<Device<float>>> matrices;
+  std::vector<float*> device_pointers;
+  for (const auto& m : host) {
+    matrices.push_back(std::make_unique<Device<float>>(m));
+    device_pointers.push_back(matrices.back()->get());
+  }
+  Device<float*> dpointers(device_pointers);
+  Device<int64_t> drows(rows);
+  check(cuda::orthonormalize_columns(dpointers.get(), drows.get(),
+                                     static_cast<int64_t>(rows.size()), cols, nullptr));
+  for (size_t b = 0; b < rows.size(); ++b) {
+    const auto got = matrices[b]->host();
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expected[b][i], 1e-5f) << b;
+  }
+}
+
+}  // namespace
+}  // namespace gradcomp::kernels
