@@ -6,7 +6,16 @@ cd "$(dirname "$0")/.."
 
 GRADCOMP_BUILD_TESTS=1 bash scripts/setup.sh
 
-echo "== C++ tests (ctest)"
+# With nvcc present every .cu file must have compiled (sm_80 and sm_90), GPU or not.
+if command -v nvcc > /dev/null; then
+  test -f build/cmake/libgradcomp_kernels_cuda.a || {
+    echo "nvcc is installed but the CUDA kernels were not built" >&2
+    exit 1
+  }
+  echo "== CUDA kernels compiled ($(grep '^CMAKE_CUDA_ARCHITECTURES' build/cmake/CMakeCache.txt))"
+fi
+
+echo "== C++ tests (ctest; CUDA tests skip without a GPU)"
 ctest --test-dir build/cmake --output-on-failure
 
 echo "== Python tests (pytest)"
@@ -15,6 +24,6 @@ python3 -m pytest tests/python -q -p no:cacheprovider
 echo "== lint and types (ruff, clang-format, mypy)"
 python3 -m ruff check python tests benchmarks examples setup.py
 python3 -m ruff format --check python tests benchmarks examples setup.py
-find csrc tests/cpp \( -name '*.cpp' -o -name '*.h' \) -print0 | xargs -0 clang-format --dry-run --Werror
+find csrc tests/cpp \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print0 | xargs -0 clang-format --dry-run --Werror
 python3 -m mypy python/gradcomp --ignore-missing-imports
 echo "== all tests passed"

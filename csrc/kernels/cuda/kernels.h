@@ -55,6 +55,12 @@ cudaError_t sparse_accumulate(const float* values, const int32_t* indices, int64
                               int64_t n, float alpha, unsigned long long* first_bad,
                               cudaStream_t stream);
 
+// -- exact Top-K (kernels/cpu/topk.h): the same k (value, index) pairs as the CPU kernel ----
+// Requires 1 <= k <= n <= INT32_MAX. Workspace: call with workspace == nullptr to get the
+// bytes needed in *workspace_bytes (about 8 n bytes plus scan storage).
+cudaError_t topk_select(const float* x, int64_t n, int64_t k, float* values, int32_t* indices,
+                        void* workspace, size_t* workspace_bytes, cudaStream_t stream);
+
 // -- threshold selection (kernels/cpu/threshold.h) ------------------------------------------
 // The indices i (ascending) with magnitude_key(x[i]) >= threshold_key, written to
 // indices[0, count), and count to *count. `indices` must hold n entries. Temporary storage:

@@ -15,6 +15,7 @@
 #include "kernels/cpu/randomk.h"
 #include "kernels/cpu/sparse.h"
 #include "kernels/cpu/threshold.h"
+#include "kernels/cpu/topk.h"
 #include "kernels/cuda/kernels.h"
 
 namespace gradcomp::kernels {
@@ -269,6 +270,38 @@ TEST(CudaKernels, ThresholdSelectionMatchesCpu) {
     for (int64_t j = 0; j < count; ++j) {
       EXPECT_EQ(got_indices[j], indices[j]);
       EXPECT_EQ(got_values[j], values[j]);
+    }
+  }
+}
+
+TEST(CudaKernels, TopKMatchesCpuExactly) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t n :
+       {int64_t{1}, int64_t{7}, int64_t{4097}, int64_t{100003}, int64_t{3000000}}) {
+    for (const int kind : {0, 1, 2}) {
+      auto x = normal(n, 11);
+      if (kind == 1) {  // heavy ties: a few distinct magnitudes, +-0 among them
+        for (auto& v : x) v = std::round(v * 2.0f) / 2.0f;
+      } else if (kind == 2 && n > 3) {  // inf and NaN rank above every finite value
+        x[n / 2] = std::numeric_limits<float>::quiet_NaN();
+        x[n / 3] = -std::numeric_limits<float>::infinity();
+      }
+      for (const int64_t k : {int64_t{1}, (n + 99) / 100, (n + 1) / 2, n}) {
+        std::vector<float> values(k);
+        std::vector<int32_t> indices(k);
+        cpu::topk_select(x.data(), n, k, values.data(), indices.data(), cpu::serial_runner());
+        Device<float> dx(x);
+        Device<float> dv(k);
+        Device<int32_t> di(k);
+        size_t bytes = 0;
+        check(cuda::topk_select(dx.get(), n, k, dv.get(), di.get(), nullptr, &bytes, nullptr));
+        Device<uint8_t> workspace(bytes);
+        check(cuda::topk_select(dx.get(), n, k, dv.get(), di.get(), workspace.get(), &bytes,
+                                nullptr));
+        EXPECT_EQ(di.host(), indices) << "n=" << n << " kind=" << kind << " k=" << k;
+        const auto got = dv.host();
+        EXPECT_EQ(0, std::memcmp(got.data(), values.data(), k * sizeof(float)));
+      }
     }
   }
 }
