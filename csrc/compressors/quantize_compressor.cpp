@@ -16,9 +16,9 @@ namespace k = kernels::cpu;
 // Chunks hold at most this many elements, so per-chunk sums stay accurate in float.
 constexpr int64_t kMaxChunk = 1 << 20;
 
-int64_t read_chunk(OptionReader& reader, int64_t fallback) {
+int64_t read_chunk(OptionReader& reader, const char* method, int64_t fallback) {
   const int64_t chunk = reader.integer("chunk", fallback, 8, kMaxChunk);
-  TORCH_CHECK_VALUE(chunk % 8 == 0, "chunk=", chunk,
+  TORCH_CHECK_VALUE(chunk % 8 == 0, method, ": chunk=", chunk,
                     " must be a multiple of 8 (chunks start on byte boundaries); valid: 8, 16, "
                     "..., ",
                     kMaxChunk);
@@ -43,21 +43,21 @@ std::unique_ptr<Compressor> QuantizeCompressor::create_qsgd(const Options& optio
   OptionReader reader("qsgd", options);
   const int64_t bits = reader.choice("bits", 4, {2, 4, 8});
   // Small chunks: QSGD's variance grows with sqrt(chunk) / levels.
-  const int64_t chunk = read_chunk(reader, 128);
+  const int64_t chunk = read_chunk(reader, "qsgd", 128);
   reader.finish();
   return std::make_unique<QuantizeCompressor>(Kind::kQsgd, bits, chunk);
 }
 
 std::unique_ptr<Compressor> QuantizeCompressor::create_sign(const Options& options) {
   OptionReader reader("sign", options);
-  const int64_t chunk = read_chunk(reader, 1024);
+  const int64_t chunk = read_chunk(reader, "sign", 1024);
   reader.finish();
   return std::make_unique<QuantizeCompressor>(Kind::kSign, 1, chunk);
 }
 
 std::unique_ptr<Compressor> QuantizeCompressor::create_int8(const Options& options) {
   OptionReader reader("int8", options);
-  const int64_t chunk = read_chunk(reader, 512);
+  const int64_t chunk = read_chunk(reader, "int8", 512);
   reader.finish();
   return std::make_unique<QuantizeCompressor>(Kind::kInt8, 8, chunk);
 }

@@ -363,31 +363,34 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
 def _powersgd_exchange(
     state: HookState, bucket: dist.GradBucket, codec: Any
 ) -> torch.futures.Future[torch.Tensor]:
-    """PowerSGD's two rounds: allreduce [dense | P], orthonormalize, allreduce Q, decode."""
+    """PowerSGD's two rounds: allreduce [dense | P], orthonormalize, allreduce Q, decode.
+
+    Round 1 is waited for here, so that every collective is issued from this thread in bucket
+    order on every rank. Issuing round 2 from round 1's completion callback (as PyTorch's
+    powerSGD_hook does) lets ranks interleave one bucket's Q with another bucket's P in
+    different orders once a model has several buckets, which Gloo reports as a size mismatch.
+    """
     buffer = bucket.buffer()
     group = state.process_group
     started = time.perf_counter()
     first = codec.encode_first(buffer)
     state._compress_seconds += time.perf_counter() - started
     state._count(codec.bytes_sent, codec.dense_bytes, bucket.is_last())
-    work, fut = allreduce_async(first, group)
+    first_work, _first_fut = allreduce_async(first, group)
+    first_work.wait()
+    began = time.perf_counter()
+    second = codec.encode_second(first)
+    state._compress_seconds += time.perf_counter() - began
+    work, fut = allreduce_async(second, group)
 
-    def second_round(done: torch.futures.Future) -> torch.Tensor:
-        done.wait()
-        began = time.perf_counter()
-        second = codec.encode_second(first)
-        state._compress_seconds += time.perf_counter() - began
-        # Waiting inside the callback is what PyTorch's own powerSGD_hook does: the second
-        # round depends on the first, and the future handed to DDP must cover both.
-        second_work, second_fut = allreduce_async(second, group)
-        second_fut.wait()
-        second_work.wait()
+    def finish(done: torch.futures.Future) -> torch.Tensor:
+        done.wait()  # re-raises a failed collective
         began = time.perf_counter()
         codec.decode(buffer, first, second)
         state._decompress_seconds += time.perf_counter() - began
         return buffer
 
-    return state._then(bucket.index(), fut, second_round, work)
+    return state._then(bucket.index(), fut, finish, work, first_work, _first_fut)
 
 
 def _call_with_tail(

@@ -106,6 +106,7 @@ def topk_wire_ratio_and_training(
             "numels": [p.numel() for p in model.parameters()],
             "losses": losses,
             "params": _params(model),
+            "buckets": len(state._codecs),
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
@@ -114,11 +115,12 @@ def topk_wire_ratio_and_training(
 
 
 def method_trains(rank: int, world_size: int, port: int, out_dir: str, spec: str) -> None:
-    """Trains SmallNet with one compressor (every tensor compressed: min_numel=0)."""
+    """Trains SmallNet with one compressor (every tensor compressed: min_numel=0), in several
+    small buckets, so collectives of different buckets are in flight together."""
     _init(rank, world_size, port)
     torch.manual_seed(0)
     model = SmallNet()
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, bucket_cap_mb=0.1)
     state = gradcomp.register(ddp, spec, min_numel=0)
     losses = _train(model, ddp, rank, steps=150, lr=0.05)
     torch.save(
@@ -127,6 +129,7 @@ def method_trains(rank: int, world_size: int, port: int, out_dir: str, spec: str
             "shapes": [tuple(p.shape) for p in model.parameters()],
             "losses": losses,
             "params": _params(model),
+            "buckets": len(state._codecs),
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )

@@ -184,6 +184,7 @@ def test_method_trains_with_its_wire_ratio(tmp_path: Path, spec: str) -> None:
     ranks = _spawn(ddp_workers.method_trains, 2, tmp_path, spec)
     expected = _expected_ratio(spec, ranks[0]["shapes"])
     for result in ranks:
+        assert result["buckets"] >= 2  # several buckets in flight at once
         stats = result["stats"]
         assert stats["steps"] == 150
         tolerance = 0.35 if spec.startswith("threshold") else 0.01  # threshold's count varies
