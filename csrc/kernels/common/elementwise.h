@@ -90,7 +90,10 @@ GRADCOMP_HOST_DEVICE uint32_t qsgd_code(float x, float to_level, int levels, uin
 // rounding mode, and vectorizes (nearbyint is a library call without SSE4.1).
 GRADCOMP_HOST_DEVICE uint8_t int8_code(float x, float low, float step) {
   float scaled = (x - low) / step;
-  scaled = scaled < 0.0f ? 0.0f : (scaled > 255.0f ? 255.0f : scaled);
+  // NaN (inf / inf, when max - min overflows float) goes to 255 rather than into an undefined
+  // float-to-int conversion; it only arises for the chunk's maximum.
+  scaled = scaled <= 255.0f ? scaled : 255.0f;
+  scaled = scaled >= 0.0f ? scaled : 0.0f;
   constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
   return static_cast<uint8_t>((scaled + kRoundMagic) - kRoundMagic);
 }

@@ -78,9 +78,9 @@ double combine(const double (&lanes)[kLanes]) {
   return total;
 }
 
-// -- chunk statistics ---------------------------------------------------------------------------
-// Sums are in double: float squares and float magnitudes add exactly enough that the result is
-// the float32 statistic correctly rounded in practice, and no finite input can overflow them.
+// -- chunk statistics -----------------------------------------------------------------------------
+// Sums are in double: squares of floats are exact there, the sum's rounding error is far below a
+// float32 ulp, and no finite input can overflow it; an inf or NaN input makes it inf or NaN.
 
 #if defined(__SSE2__)
 // Lanes 2k and 2k + 1 of the scalar version live in acc[k].

@@ -54,7 +54,7 @@ std::vector<float> dyadic(int64_t n, uint32_t seed) {
   return x;
 }
 
-// -- the codecs, behind one interface ------------------------------------------------------------
+// -- the codecs, behind one interface -------------------------------------------------------------
 
 enum class Kind { kQsgd, kSign, kInt8 };
 
@@ -153,8 +153,7 @@ std::vector<float> stats_of(const Codec& c, const std::vector<uint8_t>& payload,
   return s;
 }
 
-// -- a scalar reference, straight from the header's description
-// ------------------------------------
+// -- a scalar reference, straight from the header's description -----------------------------------
 
 // The chunk statistics with sequential double sums.
 std::vector<float> reference_stats(const Codec& c, const std::vector<float>& x, int64_t chunk) {
@@ -343,8 +342,7 @@ TEST(QuantizeLayout, QsgdDrawsThePhiloxWordAtTheTensorIndex) {
   EXPECT_LT(rounded_up, 140);
 }
 
-// -- bit-exact against the reference
-// ---------------------------------------------------------------
+// -- bit-exact against the reference --------------------------------------------------------------
 
 struct Shape {
   int64_t n, chunk;
@@ -439,8 +437,7 @@ TEST(Quantize, ThreadsDoNotChangeAnyByte) {
   }
 }
 
-// -- round-trip bounds
-// ------------------------------------------------------------------------------
+// -- round-trip bounds ----------------------------------------------------------------------------
 
 TEST(Quantize, Int8IsWithinHalfAStep) {
   const Codec c{Kind::kInt8, 8};
@@ -455,6 +452,23 @@ TEST(Quantize, Int8IsWithinHalfAStep) {
       const float slack = 4e-7f * (std::fabs(low) + 255.0f * step);
       EXPECT_LE(std::fabs(y[i] - x[i]), step / 2 + slack) << where(c, s.n, s.chunk) << " i=" << i;
     }
+  }
+}
+
+// A range of 300 subnormal ulps: the step rounds to one ulp, (x - min) / step reaches 300, and
+// the code must clamp to 255 (on the vector path and on the scalar tail).
+TEST(Quantize, Int8ClampsCodesWhenTheStepRoundsDown) {
+  const float ulp = std::ldexp(1.0f, -149);
+  std::vector<float> x;
+  for (const int k : {0, 300, 128, 255, 256, 299, 3, 17, 290, 280, 1, 2, 4, 5, 6, 7, 298, 0, 257}) {
+    x.push_back(static_cast<float>(k) * ulp);
+  }
+  const Codec c{Kind::kInt8, 8};
+  const auto payload = encoded(c, x, 64);
+  ASSERT_EQ(stat(payload, 1), ulp);
+  EXPECT_EQ(payload, reference_encode(c, x, 64, 0));
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_EQ(payload[8 + i], std::min(255, static_cast<int>(x[i] / ulp))) << i;
   }
 }
 
@@ -504,6 +518,29 @@ TEST(Quantize, QsgdDecodesToOneOfTheTwoNeighbouringLevels) {
   }
 }
 
+// r = |x| * (s / norm) can round to a hair above s (here norm = |x|): the level must still clamp
+// to s, not spill into the sign bit. The (x, step) pairs were searched for u < r - s.
+TEST(Quantize, QsgdLevelClampsWhenRRoundsAboveTheTopLevel) {
+  struct Case {
+    int bits;
+    float x;
+    uint64_t step;
+  };
+  for (const Case k : {Case{4, 0x1.039c06p+0f, 1110555}, Case{8, 0x1.029006p+0f, 146934}}) {
+    const Codec c{Kind::kQsgd, k.bits};
+    const auto levels = static_cast<float>(c.levels());
+    const float r = k.x * (levels / k.x);
+    ASSERT_GT(r, levels);                                // the premise of this test
+    ASSERT_LT(uniform_at(kKey, k.step, 0), r - levels);  // ... and the draw rounds up
+    std::vector<float> x(8, 0.0f);
+    x[0] = k.x;
+    const auto payload = encoded(c, x, 8, k.step);
+    EXPECT_EQ(payload, reference_encode(c, x, 8, k.step)) << c.name();
+    EXPECT_EQ(payload[4], c.levels()) << c.name();  // positive, top level
+    EXPECT_EQ(decoded(c, payload, 8, 8, std::vector<float>(8, 0.0f))[0], k.x) << c.name();
+  }
+}
+
 // The mean of many independent decodes converges to x: within 5 standard deviations of the
 // mean of `steps` draws, with a draw's variance p (1 - p) (norm / s)^2 <= (norm / s)^2 / 4.
 TEST(Quantize, QsgdIsUnbiasedOverSteps) {
@@ -540,8 +577,7 @@ TEST(Quantize, QsgdIsDeterministicPerKeyAndStep) {
   }
 }
 
-// -- special inputs
-// --------------------------------------------------------------------------------
+// -- special inputs -------------------------------------------------------------------------------
 
 TEST(Quantize, ZeroAndConstantChunks) {
   for (const Codec& c : kCodecs) {
@@ -618,8 +654,7 @@ TEST(Quantize, NonFiniteChunkDecodesToNaNAndLeavesOthersAlone) {
   }
 }
 
-// -- fp16 / bf16
-// ------------------------------------------------------------------------------------
+// -- fp16 / bf16 ----------------------------------------------------------------------------------
 
 // Round to nearest even onto the format's grid, computed in double from the format's definition:
 // `mantissa` stored bits, smallest normal exponent `min_exponent`, overflow at 2^max_exponent.
