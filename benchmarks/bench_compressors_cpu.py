@@ -15,20 +15,16 @@ compress = P = MQ, orthonormalize, Q = M^T P and the residual; decompress = P Q^
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 import gradcomp
 from gradcomp import _C
+
+from harness import median_ms, write_records
 
 DEFAULT_COMPRESSORS = [
     "topk",
@@ -47,16 +43,6 @@ DEFAULT_COMPRESSORS = [
 # Methods whose size is set by a ratio (or, for threshold, a density).
 RATIO_OPTION = {"topk": "ratio", "topk_approx": "ratio", "topk_int8": "ratio"}
 RATIO_OPTION |= {"randomk": "ratio", "threshold": "density"}
-
-
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up: page faults, allocator, thread pool
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - began))
-    return statistics.median(times)
 
 
 def with_ratio(spec: str, ratio: float) -> str | None:
@@ -171,15 +157,7 @@ def main() -> int:
                     flush=True,
                 )
     if args.json:
-        meta = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "command": " ".join(sys.argv),
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+        write_records(args.json, records)
     return 0
 
 

@@ -12,14 +12,8 @@ compressor, device, numel, ratio, k, threads, *_ms medians, and ratios to copy a
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -27,15 +21,7 @@ import torch
 import gradcomp
 from gradcomp import _C
 
-
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up: page faults, allocator, thread pool
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - began))
-    return statistics.median(times)
+from harness import median_ms, write_records
 
 
 def bench(numel: int, ratio: float, repeat: int) -> dict:
@@ -98,15 +84,7 @@ def main() -> int:
                 flush=True,
             )
     if args.json:
-        meta = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "command": " ".join(sys.argv),
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+        write_records(args.json, records)
     return 0
 
 

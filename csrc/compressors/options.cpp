@@ -69,4 +69,9 @@ void OptionReader::finish() const {
   }
 }
 
+void check_fraction(const std::string& method, const char* key, double value) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && value > 0.0 && value <= 1.0, method, ": ", key, "=",
+                    value, " is out of range; valid: ", key, " in (0, 1]");
+}
+
 }  // namespace gradcomp

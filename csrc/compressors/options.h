@@ -35,4 +35,7 @@ class OptionReader {
   std::set<std::string> known_;
 };
 
+// Throws unless value is a finite number in (0, 1]: "<method>: <key>=<value> is out of range".
+void check_fraction(const std::string& method, const char* key, double value);
+
 }  // namespace gradcomp

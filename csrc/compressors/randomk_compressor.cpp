@@ -13,8 +13,7 @@ namespace gradcomp {
 
 RandomKCompressor::RandomKCompressor(double ratio, bool unbiased)
     : ratio_(ratio), unbiased_(unbiased) {
-  TORCH_CHECK_VALUE(std::isfinite(ratio) && ratio > 0.0 && ratio <= 1.0, "randomk: ratio=", ratio,
-                    " is out of range; valid: ratio in (0, 1]");
+  check_fraction("randomk", "ratio", ratio);
 }
 
 std::unique_ptr<Compressor> RandomKCompressor::create(const Options& options) {

@@ -29,11 +29,8 @@ int32_t* indices_of(const at::Tensor& payload, int64_t k) {
 
 TopKCompressor::TopKCompressor(double ratio, Selection selection, double sample_ratio)
     : ratio_(ratio), selection_(selection), sample_ratio_(sample_ratio) {
-  TORCH_CHECK_VALUE(std::isfinite(ratio) && ratio > 0.0 && ratio <= 1.0, name(), ": ratio=", ratio,
-                    " is out of range; valid: ratio in (0, 1]");
-  TORCH_CHECK_VALUE(std::isfinite(sample_ratio) && sample_ratio > 0.0 && sample_ratio <= 1.0,
-                    name(), ": sample_ratio=", sample_ratio,
-                    " is out of range; valid: sample_ratio in (0, 1]");
+  check_fraction(name(), "ratio", ratio);
+  check_fraction(name(), "sample_ratio", sample_ratio);
 }
 
 std::unique_ptr<Compressor> TopKCompressor::create(const Options& options) {

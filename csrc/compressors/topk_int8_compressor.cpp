@@ -30,8 +30,7 @@ View view_of(const at::Tensor& payload, int64_t k) {
 }  // namespace
 
 TopKInt8Compressor::TopKInt8Compressor(double ratio) : ratio_(ratio) {
-  TORCH_CHECK_VALUE(std::isfinite(ratio) && ratio > 0.0 && ratio <= 1.0, "topk_int8: ratio=", ratio,
-                    " is out of range; valid: ratio in (0, 1]");
+  check_fraction("topk_int8", "ratio", ratio);
 }
 
 std::unique_ptr<Compressor> TopKInt8Compressor::create(const Options& options) {

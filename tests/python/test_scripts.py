@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(relative: str) -> ModuleType:
+    sys.path.insert(0, str((ROOT / relative).parent))  # the scripts import their neighbours
     spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

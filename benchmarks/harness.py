@@ -1,0 +1,39 @@
+"""What every benchmark script shares: median timing and the JSON file of records."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+
+def median_ms(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall time of fn in ms over `repeat` runs, after one warm-up run (page faults,
+    allocator, thread pool)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - began))
+    return statistics.median(times)
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """{"meta": date, machine, torch, command; "records": [...]} to path."""
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
