@@ -269,7 +269,8 @@ class HookState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a state from :meth:`state_dict`. A different compressor is an error; a
         different world size keeps the step but resets the residuals, with a warning (a rank's
-        residual is only meaningful for the data that rank saw)."""
+        residual is only meaningful for the data that rank saw). PowerSGD's warm-start
+        matrices are restored whatever the world size: they are the same on every rank."""
         if state.get("version") not in (1, _STATE_VERSION):
             raise ValueError(
                 f"unsupported gradcomp state version {state.get('version')!r}; "
