@@ -14,14 +14,18 @@ from pathlib import Path
 import torch
 
 
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
+def median_ms(fn: Callable[[], object], repeat: int, device: str = "cpu") -> float:
     """Median wall time of fn in ms over `repeat` runs, after one warm-up run (page faults,
-    allocator, thread pool)."""
+    allocator, thread pool). On CUDA each run is timed from an idle device until the device
+    has finished it, so launches and kernels are both counted."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     fn()
     times = []
     for _ in range(repeat):
+        sync()
         began = time.perf_counter()
         fn()
+        sync()
         times.append(1000 * (time.perf_counter() - began))
     return statistics.median(times)
 
@@ -33,6 +37,7 @@ def write_records(path: Path, records: list[dict]) -> None:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "command": " ".join(sys.argv),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include "compressors/cuda_kernels.h"
+
 namespace gradcomp {
 namespace {
 
@@ -123,12 +125,17 @@ void BucketCodec::check_bucket(const at::Tensor& bucket) const {
 
 CompressContext BucketCodec::context(const Placement& p, int64_t step) const {
   CompressContext ctx{seed_, step, p.tensor_key, rank_, 1.0};
+  ctx.defer_checks = true;  // a decode in the hot path never waits for the device
   if (channels_[p.channel].prescaled) ctx.prescale = 1.0 / static_cast<double>(world_size_);
   return ctx;
 }
 
 std::vector<at::Tensor> BucketCodec::encode(const at::Tensor& bucket, int64_t step) const {
   check_bucket(bucket);
+  // Corrupt indices met by earlier steps' decodes on this device surface here, once the device
+  // has finished them (see CudaKernels::sparse_accumulate).
+  if (bucket.is_cuda())
+    cuda_kernels(compressor_->name()).raise_deferred_index_errors(bucket.device());
   std::vector<at::Tensor> messages;
   messages.reserve(channels_.size());
   for (const auto& channel : channels_) {

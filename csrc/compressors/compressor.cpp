@@ -3,6 +3,8 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
+#include "compressors/cuda_kernels.h"
+
 namespace gradcomp {
 namespace {
 
@@ -52,6 +54,7 @@ int64_t Compressor::payload_bytes(int64_t numel) const {
 int64_t Compressor::compress(const at::Tensor& input, const at::Tensor& payload,
                              const CompressContext& ctx) const {
   check_flat_float(input, "input");
+  check_supported_device(input, name());
   check_payload(*this, payload, input.numel());
   TORCH_CHECK_VALUE(payload.device() == input.device(), name(), ": payload is on ",
                     payload.device(), " but input is on ", input.device());
@@ -61,6 +64,7 @@ int64_t Compressor::compress(const at::Tensor& input, const at::Tensor& payload,
 int64_t Compressor::decompress_add(const at::Tensor& payload, const at::Tensor& out,
                                    const CompressContext& ctx) const {
   check_flat_float(out, "out");
+  check_supported_device(out, name());
   check_received_payload(*this, payload, out.numel());
   TORCH_CHECK_VALUE(payload.device() == out.device(), name(), ": payload is on ", payload.device(),
                     " but out is on ", out.device());
@@ -72,6 +76,7 @@ int64_t Compressor::compress_with_feedback(const at::Tensor& grad, const at::Ten
                                            const CompressContext& ctx) const {
   check_flat_float(grad, "grad");
   check_flat_float(residual, "residual");
+  check_supported_device(grad, name());
   TORCH_CHECK_VALUE(grad.numel() == residual.numel(), name(), ": grad has ", grad.numel(),
                     " elements but its residual has ", residual.numel());
   check_payload(*this, payload, grad.numel());
@@ -105,9 +110,10 @@ const char* collective_name(Collective collective) {
   return "unknown";
 }
 
-void check_cpu_tensor(const at::Tensor& t, const std::string& method) {
-  TORCH_CHECK(t.is_cpu(), method, ": tensors on ", t.device(),
-              " are not supported by this build (CPU kernels only)");
+at::Tensor payload_part(const at::Tensor& payload, int64_t byte_offset, int64_t count,
+                        at::ScalarType dtype) {
+  const auto itemsize = static_cast<int64_t>(c10::elementSize(dtype));
+  return payload.narrow(0, byte_offset, count * itemsize).view(dtype);
 }
 
 }  // namespace gradcomp

@@ -25,6 +25,9 @@ struct CompressContext {
   // Allreduced low-precision payloads encode prescale * input, so that the sum over ranks
   // cannot overflow (prescale = 1 / world size); decompress decodes the payload as it is.
   double prescale = 1.0;
+  // CUDA only: report corrupt indices in received payloads later, without waiting for the
+  // device (the DDP hook), instead of at the call (the ops). See CudaKernels::sparse_accumulate.
+  bool defer_checks = false;
 };
 
 // Public methods check their arguments and call the protected do_* hooks, so implementations
@@ -82,8 +85,10 @@ class Compressor : public CompressionMethod {
                                             const CompressContext& ctx) const;
 };
 
-// Throws unless t is on the CPU: the message names the method and the device.
-void check_cpu_tensor(const at::Tensor& t, const std::string& method);
+// Elements [byte_offset, byte_offset + count * itemsize) of a byte payload as a `dtype` tensor
+// (a view: the offset must be a multiple of the item size, which payload layouts guarantee).
+at::Tensor payload_part(const at::Tensor& payload, int64_t byte_offset, int64_t count,
+                        at::ScalarType dtype);
 
 const char* collective_name(Collective collective);
 

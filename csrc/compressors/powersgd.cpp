@@ -4,6 +4,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/where.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <sstream>
 
 #include "compressors/aten_task_runner.h"
+#include "compressors/cuda_kernels.h"
 #include "kernels/common/philox.h"
 #include "kernels/cpu/orthonormalize.h"
 
@@ -89,6 +91,7 @@ PowerSgdCodec::PowerSgdCodec(std::shared_ptr<const PowerSgd> method,
     if (error_feedback_) p.residual_slot = error_feedback_->slot(p.entry.name, p.entry.numel);
   }
   matrices_.resize(placements_.size());
+  initial_q_.resize(placements_.size());
 }
 
 int64_t PowerSgdCodec::low_rank_matrices() const {
@@ -100,15 +103,24 @@ void PowerSgdCodec::check_bucket(const at::Tensor& bucket) const {
   check_bucket_tensor(bucket, bucket_extent_);
 }
 
-at::Tensor PowerSgdCodec::warm_q(const Placement& p, const at::Device& device) const {
+at::Tensor PowerSgdCodec::warm_q(size_t placement, const at::Device& device) {
+  const Placement& p = placements_[placement];
   auto q = warm_start_->residual(p.q_slot, device).view({p.cols, p.rank});
   // A zero Q (first use, or every rank's gradient was zero) restarts from a random draw that
   // every rank makes identically.
-  if (!q.any().item<bool>()) {
+  const auto initial = [&] {
     auto generator =
         at::make_generator<at::CPUGeneratorImpl>(kernels::philox_key(seed_, p.tensor_key));
-    q.copy_(at::randn({p.cols, p.rank}, generator, at::TensorOptions().dtype(at::kFloat)));
+    return at::randn({p.cols, p.rank}, generator, at::TensorOptions().dtype(at::kFloat));
+  };
+  if (device.is_cpu()) {
+    if (!q.any().item<bool>()) q.copy_(initial());
+    return q;
   }
+  // On the device, the test and the choice stay there: no wait for the host.
+  auto& drawn = initial_q_[placement];
+  if (!drawn.defined() || drawn.device() != device) drawn = initial().to(device);
+  q.copy_(at::where(q.any(), q, drawn));
   return q;
 }
 
@@ -132,7 +144,7 @@ at::Tensor PowerSgdCodec::encode_first(const at::Tensor& bucket) {
     }
     matrices_[i] = m.view({p.rows, p.cols});
     auto out = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
-    at::mm_out(out, matrices_[i], warm_q(p, bucket.device()));
+    at::mm_out(out, matrices_[i], warm_q(i, bucket.device()));
   }
   return first;
 }
@@ -143,7 +155,7 @@ at::Tensor PowerSgdCodec::encode_second(const at::Tensor& first) {
                     "PowerSgdCodec: round 1 must be a contiguous 1-D float32 tensor of ",
                     first_numel_, " elements, got ", first.scalar_type(), " of shape ",
                     first.sizes());
-  check_cpu_tensor(first, "powersgd");
+  check_supported_device(first, "powersgd");
   // Orthonormalization is scale-invariant: the sum over ranks needs no division first.
   // Matrices with fewer rows or columns than the rank use a smaller rank; one batched kernel
   // call per distinct rank.
@@ -156,6 +168,14 @@ at::Tensor PowerSgdCodec::encode_second(const at::Tensor& first) {
     }
   }
   for (const int64_t r : ranks) {
+    if (first.is_cuda()) {
+      std::vector<at::Tensor> matrices;
+      for (const auto& p : placements_) {
+        if (p.rank == r) matrices.push_back(first.narrow(0, p.first_offset, p.rows * r));
+      }
+      cuda_kernels("powersgd").orthonormalize(matrices, r);
+      continue;
+    }
     factors.clear();
     rows.clear();
     for (const auto& p : placements_) {

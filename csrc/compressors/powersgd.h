@@ -84,7 +84,8 @@ class PowerSgdCodec {
   };
 
   void check_bucket(const at::Tensor& bucket) const;
-  at::Tensor warm_q(const Placement& p, const at::Device& device) const;
+  // Q from the previous step, or the initial draw when it is zero.
+  at::Tensor warm_q(size_t placement, const at::Device& device);
 
   std::shared_ptr<const PowerSgd> method_;
   std::shared_ptr<ErrorFeedback> error_feedback_;
@@ -94,6 +95,9 @@ class PowerSgdCodec {
   std::vector<Placement> placements_;
   int64_t first_numel_ = 0, second_numel_ = 0, numel_ = 0, bucket_extent_ = 0;
   std::vector<at::Tensor> matrices_;  // M per placement (undefined for dense ones), one step
+  // CUDA: the initial draw per placement, kept on the device so that replacing a zero Q needs
+  // no host round trip each step.
+  std::vector<at::Tensor> initial_q_;
 };
 
 }  // namespace gradcomp

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "compressors/aten_task_runner.h"
+#include "compressors/cuda_kernels.h"
 #include "kernels/common/philox.h"
 #include "kernels/cpu/quantize.h"
 
@@ -26,6 +27,18 @@ int64_t read_chunk(OptionReader& reader, const char* method, int64_t fallback) {
 }
 
 uint16_t* half_bits(const at::Tensor& t) { return static_cast<uint16_t*>(t.data_ptr()); }
+
+QuantizeKind cuda_kind(QuantizeCompressor::Kind kind) {
+  switch (kind) {
+    case QuantizeCompressor::Kind::kQsgd:
+      return QuantizeKind::kQsgd;
+    case QuantizeCompressor::Kind::kSign:
+      return QuantizeKind::kSign;
+    case QuantizeCompressor::Kind::kInt8:
+      break;
+  }
+  return QuantizeKind::kInt8;
+}
 
 }  // namespace
 
@@ -89,15 +102,19 @@ int64_t QuantizeCompressor::payload_numel(int64_t numel) const {
 
 int64_t QuantizeCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                         const CompressContext& ctx) const {
-  check_cpu_tensor(input, name());
+  // Rounding draws differ per rank, so ranks' rounding errors average out.
+  const uint64_t key =
+      kernels::philox_key(ctx.seed ^ (static_cast<uint64_t>(ctx.rank) << 40), ctx.tensor_key);
+  if (input.is_cuda()) {
+    cuda_kernels(name()).quantize_encode(cuda_kind(kind_), static_cast<int>(bits_), chunk_, key,
+                                         static_cast<uint64_t>(ctx.step), input, payload);
+    return payload.numel();
+  }
   const float* x = input.data_ptr<float>();
   const int64_t n = input.numel();
   uint8_t* p = payload.data_ptr<uint8_t>();
   switch (kind_) {
     case Kind::kQsgd: {
-      // Rounding draws differ per rank, so ranks' rounding errors average out.
-      const uint64_t key =
-          kernels::philox_key(ctx.seed ^ (static_cast<uint64_t>(ctx.rank) << 40), ctx.tensor_key);
       k::qsgd_encode(x, n, static_cast<int>(bits_), chunk_, key, static_cast<uint64_t>(ctx.step), p,
                      aten_task_runner());
       break;
@@ -114,6 +131,11 @@ int64_t QuantizeCompressor::do_compress(const at::Tensor& input, const at::Tenso
 
 void QuantizeCompressor::decode(const at::Tensor& payload, const at::Tensor& out,
                                 float alpha) const {
+  if (out.is_cuda()) {
+    cuda_kernels(name()).quantize_decode_add(cuda_kind(kind_), static_cast<int>(bits_), chunk_,
+                                             payload, out, alpha);
+    return;
+  }
   const uint8_t* p = payload.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
   const int64_t n = out.numel();
@@ -132,7 +154,6 @@ void QuantizeCompressor::decode(const at::Tensor& payload, const at::Tensor& out
 
 int64_t QuantizeCompressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
                                               const CompressContext& /*ctx*/) const {
-  check_cpu_tensor(out, name());
   decode(payload, out, 1.0f);
   return payload.numel();
 }
@@ -141,7 +162,6 @@ int64_t QuantizeCompressor::do_compress_with_feedback(const at::Tensor& grad,
                                                       const at::Tensor& residual,
                                                       const at::Tensor& payload,
                                                       const CompressContext& ctx) const {
-  check_cpu_tensor(grad, name());
   residual.add_(grad);
   do_compress(residual, payload, ctx);
   decode(payload, residual, -1.0f);
@@ -165,21 +185,24 @@ std::unique_ptr<Compressor> CastCompressor::create_bf16(const Options& options) 
 
 int64_t CastCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                     const CompressContext& ctx) const {
-  check_cpu_tensor(input, name());
   const auto scale = static_cast<float>(ctx.prescale);
+  if (input.is_cuda()) {
+    cuda_kernels(name()).cast_encode(input, scale, payload);
+    return payload.numel();
+  }
   const auto encode = dtype_ == at::kHalf ? &k::fp16_encode : &k::bf16_encode;
   encode(input.data_ptr<float>(), input.numel(), scale, half_bits(payload), aten_task_runner());
   return payload.numel();
 }
 
 void CastCompressor::decode(const at::Tensor& payload, const at::Tensor& out, float alpha) const {
+  if (out.is_cuda()) return cuda_kernels(name()).cast_decode_add(payload, out, alpha);
   const auto decode_add = dtype_ == at::kHalf ? &k::fp16_decode_add : &k::bf16_decode_add;
   decode_add(half_bits(payload), out.numel(), out.data_ptr<float>(), aten_task_runner(), alpha);
 }
 
 int64_t CastCompressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
                                           const CompressContext& /*ctx*/) const {
-  check_cpu_tensor(out, name());
   decode(payload, out, 1.0f);
   return payload.numel();
 }
@@ -188,7 +211,6 @@ int64_t CastCompressor::do_compress_with_feedback(const at::Tensor& grad,
                                                   const at::Tensor& residual,
                                                   const at::Tensor& payload,
                                                   const CompressContext& ctx) const {
-  check_cpu_tensor(grad, name());
   residual.add_(grad);
   do_compress(residual, payload, ctx);
   // The payload holds prescale * residual: subtract it back in the residual's own scale.

@@ -1,15 +1,31 @@
 #include "compressors/randomk_compressor.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <sstream>
 
 #include "compressors/aten_task_runner.h"
+#include "compressors/cuda_kernels.h"
 #include "compressors/topk_compressor.h"
 #include "kernels/common/philox.h"
 #include "kernels/cpu/randomk.h"
 
 namespace gradcomp {
+namespace {
+
+// The draw of RandomKCompressor::draw, made on the device into an int32 tensor.
+at::Tensor draw_cuda(int64_t numel, int64_t k, const CompressContext& ctx,
+                     const at::Device& device) {
+  TORCH_CHECK_VALUE(numel <= INT32_MAX, "randomk: tensor has ", numel,
+                    " elements; valid: at most 2^31-1 (indices are int32)");
+  auto indices = at::empty({k}, at::TensorOptions().dtype(at::kInt).device(device));
+  cuda_kernels("randomk").randomk_indices(numel, kernels::philox_key(ctx.seed, ctx.tensor_key),
+                                          static_cast<uint64_t>(ctx.step), indices);
+  return indices;
+}
+
+}  // namespace
 
 RandomKCompressor::RandomKCompressor(double ratio, bool unbiased)
     : ratio_(ratio), unbiased_(unbiased) {
@@ -48,8 +64,12 @@ std::vector<int32_t> RandomKCompressor::draw(int64_t numel, const CompressContex
 
 int64_t RandomKCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                        const CompressContext& ctx) const {
-  check_cpu_tensor(input, name());
   const int64_t n = input.numel();
+  if (input.is_cuda()) {
+    const auto indices = draw_cuda(n, payload.numel(), ctx, input.device());
+    cuda_kernels(name()).randomk_gather(input, indices, unbiased_, payload);
+    return payload.numel();
+  }
   const auto indices = draw(n, ctx);
   kernels::cpu::randomk_gather(input.data_ptr<float>(), n, payload.numel(), indices.data(),
                                unbiased_, payload.data_ptr<float>(), aten_task_runner());
@@ -60,10 +80,15 @@ int64_t RandomKCompressor::do_compress_with_feedback(const at::Tensor& grad,
                                                      const at::Tensor& residual,
                                                      const at::Tensor& payload,
                                                      const CompressContext& ctx) const {
-  check_cpu_tensor(grad, name());
-  check_cpu_tensor(residual, name());
   residual.add_(grad);
   const int64_t n = residual.numel(), k = payload.numel();
+  if (grad.is_cuda()) {
+    const auto indices = draw_cuda(n, k, ctx, grad.device());
+    cuda_kernels(name()).randomk_gather(residual, indices, unbiased_, payload);
+    // The draw has no repeated index, so this subtraction is exact and deterministic.
+    residual.index_add_(0, indices.to(at::kLong), payload, -1);
+    return k;
+  }
   const auto indices = draw(n, ctx);
   float* r = residual.data_ptr<float>();
   float* values = payload.data_ptr<float>();
@@ -74,7 +99,12 @@ int64_t RandomKCompressor::do_compress_with_feedback(const at::Tensor& grad,
 
 int64_t RandomKCompressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
                                              const CompressContext& ctx) const {
-  check_cpu_tensor(out, name());
+  if (out.is_cuda()) {
+    const auto indices = draw_cuda(out.numel(), payload.numel(), ctx, out.device());
+    cuda_kernels(name()).sparse_accumulate(payload, indices, out, 1.0f, !ctx.defer_checks,
+                                           "randomk");
+    return payload.numel();
+  }
   const auto indices = draw(out.numel(), ctx);
   sparse_payload_accumulate("randomk", payload.data_ptr<float>(), indices.data(), payload.numel(),
                             out);

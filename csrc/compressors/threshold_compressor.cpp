@@ -1,5 +1,6 @@
 #include "compressors/threshold_compressor.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <sstream>
 
 #include "compressors/aten_task_runner.h"
+#include "compressors/cuda_kernels.h"
 #include "compressors/topk_compressor.h"
 #include "kernels/common/philox.h"
 #include "kernels/cpu/threshold.h"
@@ -54,15 +56,43 @@ std::string ThresholdCompressor::spec() const {
   return out.str();
 }
 
+int64_t ThresholdCompressor::target(int64_t n) const { return TopKCompressor::k_for(density_, n); }
+
+int64_t ThresholdCompressor::samples(int64_t n) const {
+  return std::max({kMinSamples, static_cast<int64_t>(0.01 * static_cast<double>(n)),
+                   static_cast<int64_t>(kSampleHits / density_)});
+}
+
 uint32_t ThresholdCompressor::threshold_key(const float* x, int64_t n,
                                             const CompressContext& ctx) const {
   if (tau_ > 0.0) return kernels::cpu::magnitude_key(static_cast<float>(tau_));
-  const int64_t target = TopKCompressor::k_for(density_, n);
-  const auto samples = std::max({kMinSamples, static_cast<int64_t>(0.01 * static_cast<double>(n)),
-                                 static_cast<int64_t>(kSampleHits / density_)});
-  return kernels::cpu::estimate_threshold(x, n, target, samples,
+  return kernels::cpu::estimate_threshold(x, n, target(n), samples(n),
                                           kernels::philox_key(ctx.seed, ctx.tensor_key),
                                           static_cast<uint64_t>(ctx.step));
+}
+
+at::Tensor ThresholdCompressor::encode_cuda(const at::Tensor& x, const at::Tensor& payload,
+                                            const CompressContext& ctx) const {
+  const int64_t n = x.numel();
+  TORCH_CHECK_VALUE(n <= INT32_MAX, "threshold: tensor has ", n,
+                    " elements; valid: at most 2^31-1 (indices are int32)");
+  const CudaKernels& cuda = cuda_kernels(name());
+  // The key stays on the device: an estimate made there costs no wait.
+  const at::Tensor key =
+      tau_ > 0.0
+          ? at::empty({1}, x.options().dtype(at::kInt))
+                .fill_(static_cast<int64_t>(kernels::cpu::magnitude_key(static_cast<float>(tau_))))
+          : cuda.estimate_threshold(x, target(n), samples(n),
+                                    kernels::philox_key(ctx.seed, ctx.tensor_key),
+                                    static_cast<uint64_t>(ctx.step));
+  const auto indices = cuda.select_at_least(x, key);
+  const int64_t count = indices.numel();
+  auto header = payload_part(payload, 0, 2, at::kInt);
+  header.fill_(0);
+  header.narrow(0, 0, 1).fill_(count);
+  payload_part(payload, kHeaderBytes, count, at::kFloat).copy_(x.index_select(0, indices));
+  payload_part(payload, kHeaderBytes + 4 * count, count, at::kInt).copy_(indices);
+  return indices;
 }
 
 int64_t ThresholdCompressor::encode(const float* x, int64_t n, const at::Tensor& payload,
@@ -82,7 +112,7 @@ int64_t ThresholdCompressor::encode(const float* x, int64_t n, const at::Tensor&
 
 int64_t ThresholdCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                          const CompressContext& ctx) const {
-  check_cpu_tensor(input, name());
+  if (input.is_cuda()) return kHeaderBytes + 8 * encode_cuda(input, payload, ctx).numel();
   return kHeaderBytes + 8 * encode(input.data_ptr<float>(), input.numel(), payload, ctx);
 }
 
@@ -90,9 +120,12 @@ int64_t ThresholdCompressor::do_compress_with_feedback(const at::Tensor& grad,
                                                        const at::Tensor& residual,
                                                        const at::Tensor& payload,
                                                        const CompressContext& ctx) const {
-  check_cpu_tensor(grad, name());
-  check_cpu_tensor(residual, name());
   residual.add_(grad);
+  if (grad.is_cuda()) {
+    const auto indices = encode_cuda(residual, payload, ctx);
+    residual.index_fill_(0, indices.to(at::kLong), 0.0);
+    return kHeaderBytes + 8 * indices.numel();
+  }
   float* r = residual.data_ptr<float>();
   const int64_t count = encode(r, residual.numel(), payload, ctx);
   const auto* indices =
@@ -102,19 +135,30 @@ int64_t ThresholdCompressor::do_compress_with_feedback(const at::Tensor& grad,
 }
 
 int64_t ThresholdCompressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
-                                               const CompressContext& /*ctx*/) const {
-  check_cpu_tensor(out, name());
+                                               const CompressContext& ctx) const {
   const int64_t available = payload.numel(), n = out.numel();
   TORCH_CHECK_VALUE(available >= kHeaderBytes, "threshold: corrupt payload: ", available,
                     " bytes, fewer than the ", kHeaderBytes, "-byte header");
-  const uint8_t* base = payload.data_ptr<uint8_t>();
   int32_t header[2];
-  std::memcpy(header, base, sizeof(header));
+  if (out.is_cuda()) {
+    // The count decides where the next payload starts, so the host needs it: one wait.
+    header[0] = payload_part(payload, 0, 1, at::kInt).item<int32_t>();
+  } else {
+    std::memcpy(header, payload.data_ptr<uint8_t>(), sizeof(header));
+  }
   const int64_t count = header[0];
   TORCH_CHECK_VALUE(count >= 0 && count <= n && kHeaderBytes + 8 * count <= available,
                     "threshold: corrupt payload: count ", count, " is outside [0, ",
                     std::min(n, (available - kHeaderBytes) / 8), "] for a tensor of ", n,
                     " elements and ", available, " payload bytes");
+  if (out.is_cuda()) {
+    cuda_kernels(name()).sparse_accumulate(
+        payload_part(payload, kHeaderBytes, count, at::kFloat),
+        payload_part(payload, kHeaderBytes + 4 * count, count, at::kInt), out, 1.0f,
+        !ctx.defer_checks, "threshold");
+    return kHeaderBytes + 8 * count;
+  }
+  const uint8_t* base = payload.data_ptr<uint8_t>();
   const auto* values = reinterpret_cast<const float*>(base + kHeaderBytes);
   const auto* indices = reinterpret_cast<const int32_t*>(base + kHeaderBytes + 4 * count);
   sparse_payload_accumulate("threshold", values, indices, count, out);

@@ -34,10 +34,16 @@ class ThresholdCompressor final : public Compressor {
                                     const CompressContext& ctx) const override;
 
  private:
+  // The estimate's sample size and the count it aims at, for a tensor of n elements.
+  int64_t target(int64_t n) const;
+  int64_t samples(int64_t n) const;
   uint32_t threshold_key(const float* x, int64_t n, const CompressContext& ctx) const;
   // Selects from x into payload; returns the count.
   int64_t encode(const float* x, int64_t n, const at::Tensor& payload,
                  const CompressContext& ctx) const;
+  // The same on CUDA (waits for the device once, for the count); returns the selected indices.
+  at::Tensor encode_cuda(const at::Tensor& x, const at::Tensor& payload,
+                         const CompressContext& ctx) const;
 
   double tau_;
   double density_;

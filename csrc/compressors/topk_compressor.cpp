@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "compressors/aten_task_runner.h"
+#include "compressors/cuda_kernels.h"
 #include "kernels/common/philox.h"
 #include "kernels/cpu/sparse.h"
 #include "kernels/cpu/threshold.h"
@@ -23,6 +24,14 @@ float* values_of(const at::Tensor& payload) {
 }
 int32_t* indices_of(const at::Tensor& payload, int64_t k) {
   return reinterpret_cast<int32_t*>(payload.data_ptr<uint8_t>() + 4 * k);
+}
+
+// CUDA: the sampled-threshold variant selects exactly what the exact select does (see
+// kernels/cpu/threshold.h), so both run the exact radix select there.
+void select_cuda(const std::string& method, const at::Tensor& x, const at::Tensor& payload,
+                 int64_t k) {
+  cuda_kernels(method).topk_select(x, payload_part(payload, 0, k, at::kFloat),
+                                   payload_part(payload, 4 * k, k, at::kInt));
 }
 
 }  // namespace
@@ -80,8 +89,11 @@ void TopKCompressor::select(const float* x, int64_t n, int64_t k, float* values,
 
 int64_t TopKCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                     const CompressContext& ctx) const {
-  check_cpu_tensor(input, name());
   const int64_t n = input.numel(), k = k_for(ratio_, n);
+  if (input.is_cuda()) {
+    select_cuda(name(), input, payload, k);
+    return payload.numel();
+  }
   select(input.data_ptr<float>(), n, k, values_of(payload), indices_of(payload, k), ctx);
   return payload.numel();
 }
@@ -90,9 +102,13 @@ int64_t TopKCompressor::do_compress_with_feedback(const at::Tensor& grad,
                                                   const at::Tensor& residual,
                                                   const at::Tensor& payload,
                                                   const CompressContext& ctx) const {
-  check_cpu_tensor(grad, name());
-  check_cpu_tensor(residual, name());
   const int64_t n = grad.numel(), k = k_for(ratio_, n);
+  if (grad.is_cuda()) {
+    residual.add_(grad);
+    select_cuda(name(), residual, payload, k);
+    residual.index_fill_(0, payload_part(payload, 4 * k, k, at::kInt).to(at::kLong), 0.0);
+    return payload.numel();
+  }
   float* values = values_of(payload);
   int32_t* indices = indices_of(payload, k);
   if (selection_ == Selection::kExact) {
@@ -109,9 +125,14 @@ int64_t TopKCompressor::do_compress_with_feedback(const at::Tensor& grad,
 }
 
 int64_t TopKCompressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
-                                          const CompressContext& /*ctx*/) const {
-  check_cpu_tensor(out, name());
+                                          const CompressContext& ctx) const {
   const int64_t k = k_for(ratio_, out.numel());
+  if (out.is_cuda()) {
+    cuda_kernels(name()).sparse_accumulate(payload_part(payload, 0, k, at::kFloat),
+                                           payload_part(payload, 4 * k, k, at::kInt), out, 1.0f,
+                                           !ctx.defer_checks, name().c_str());
+    return payload.numel();
+  }
   sparse_payload_accumulate(name().c_str(), values_of(payload), indices_of(payload, k), k, out);
   return payload.numel();
 }

@@ -1,5 +1,8 @@
 #include "compressors/topk_int8_compressor.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/where.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -8,6 +11,7 @@
 #include <vector>
 
 #include "compressors/aten_task_runner.h"
+#include "compressors/cuda_kernels.h"
 #include "compressors/topk_compressor.h"
 #include "kernels/cpu/sparse.h"
 #include "kernels/cpu/topk.h"
@@ -25,6 +29,30 @@ View view_of(const at::Tensor& payload, int64_t k) {
   uint8_t* base = payload.data_ptr<uint8_t>();
   return {reinterpret_cast<float*>(base), reinterpret_cast<int32_t*>(base + 4),
           reinterpret_cast<int8_t*>(base + 4 + 4 * k)};
+}
+
+// CUDA: Top-K of x (after x += grad when grad is given), then kernels/cpu/sparse.cpp's
+// int8_symmetric_encode written as tensor ops with the same float arithmetic (round() is
+// half-to-even like nearbyint), all on the device. With grad, x keeps what int8 could not carry.
+void encode_cuda(const at::Tensor& x, const at::Tensor* grad, const at::Tensor& payload,
+                 int64_t k) {
+  if (grad != nullptr) x.add_(*grad);
+  auto values = at::empty({k}, x.options());
+  const auto indices = payload_part(payload, 4, k, at::kInt);
+  cuda_kernels("topk_int8").topk_select(x, values, indices);
+  const auto finite = values.isfinite().all();
+  // Divide by a device tensor: ATen turns division by a host scalar into a multiplication by
+  // its reciprocal, which can differ from the CPU's division in the last bit.
+  const auto scale = values.abs().max().div(at::scalar_tensor(127.0, values.options()));
+  const auto inverse = at::where(scale.gt(0), scale.reciprocal(), 0.0);
+  const auto codes = at::where(finite, values.mul(inverse).round().clamp(-127, 127), 0.0);
+  payload_part(payload, 0, 1, at::kFloat)
+      .copy_(at::where(finite, scale, std::nan("")).reshape({1}));
+  payload_part(payload, 4 + 4 * k, k, at::kChar).copy_(codes);
+  if (grad != nullptr) {
+    const auto kept = at::where(finite, values.sub(codes.mul(scale)), 0.0);
+    x.index_copy_(0, indices.to(at::kLong), kept);
+  }
 }
 
 }  // namespace
@@ -75,7 +103,10 @@ void TopKInt8Compressor::encode(float* x, const float* grad, bool compensated, i
 
 int64_t TopKInt8Compressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                         const CompressContext& /*ctx*/) const {
-  check_cpu_tensor(input, name());
+  if (input.is_cuda()) {
+    encode_cuda(input, nullptr, payload, TopKCompressor::k_for(ratio_, input.numel()));
+    return payload.numel();
+  }
   encode(const_cast<float*>(input.data_ptr<float>()), nullptr, false, input.numel(), payload);
   return payload.numel();
 }
@@ -84,16 +115,24 @@ int64_t TopKInt8Compressor::do_compress_with_feedback(const at::Tensor& grad,
                                                       const at::Tensor& residual,
                                                       const at::Tensor& payload,
                                                       const CompressContext& /*ctx*/) const {
-  check_cpu_tensor(grad, name());
-  check_cpu_tensor(residual, name());
+  if (grad.is_cuda()) {
+    encode_cuda(residual, &grad, payload, TopKCompressor::k_for(ratio_, grad.numel()));
+    return payload.numel();
+  }
   encode(residual.data_ptr<float>(), grad.data_ptr<float>(), true, grad.numel(), payload);
   return payload.numel();
 }
 
 int64_t TopKInt8Compressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
-                                              const CompressContext& /*ctx*/) const {
-  check_cpu_tensor(out, name());
+                                              const CompressContext& ctx) const {
   const int64_t n = out.numel(), k = TopKCompressor::k_for(ratio_, n);
+  if (out.is_cuda()) {
+    const auto scale = payload_part(payload, 0, 1, at::kFloat);
+    const auto decoded = payload_part(payload, 4 + 4 * k, k, at::kChar).to(at::kFloat).mul(scale);
+    cuda_kernels(name()).sparse_accumulate(decoded, payload_part(payload, 4, k, at::kInt), out,
+                                           1.0f, !ctx.defer_checks, "topk_int8");
+    return payload.numel();
+  }
   const View v = view_of(payload, k);
   float scale;
   std::memcpy(&scale, v.scale, sizeof(scale));

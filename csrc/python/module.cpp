@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "compressors/bucket_codec.h"
+#include "compressors/cuda_kernels.h"
 #include "compressors/error_feedback.h"
 #include "compressors/powersgd.h"
 #include "compressors/registry.h"
@@ -66,6 +67,8 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.def("compressor_names", &compressor_names, "Registered compressor names, sorted.");
+  m.def("has_cuda_kernels", &has_cuda_kernels,
+        "True when this build has the CUDA backend (nvcc compiled the CUDA kernels).");
   m.def("parameter_key", &parameter_key, py::arg("name"),
         "The per-parameter RNG key gradcomp derives from a parameter name.");
 

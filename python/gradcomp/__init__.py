@@ -24,7 +24,7 @@ from gradcomp.config import (
 )
 from gradcomp.hook import HookState, comm_hook, register
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "BF16",

@@ -140,11 +140,7 @@ class HookState:
         config = resolve_config(compressor, options)
         names: dict[int, str] = {}
         for name, param in model.module.named_parameters():
-            if param.device.type != "cpu":
-                raise NotImplementedError(
-                    f"parameter {name!r} is on {param.device}; this gradcomp build has CPU "
-                    "kernels only"
-                )
+            _check_device(name, param.device)
             names[id(param)] = name
         return cls(
             config,
@@ -412,6 +408,22 @@ def _drain_at_exit() -> None:
     for state in list(_LIVE_STATES):
         if not state.wait_for_callbacks():
             warnings.warn("gradcomp: communication callbacks still running at exit", stacklevel=1)
+
+
+def _check_device(name: str, device: torch.device) -> None:
+    """Parameters must be on the CPU, or on CUDA when this build has the CUDA kernels."""
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise NotImplementedError(
+            f"parameter {name!r} is on {device}; gradcomp supports cpu and cuda devices"
+        )
+    if not _C.has_cuda_kernels():
+        raise NotImplementedError(
+            f"parameter {name!r} is on {device} but this gradcomp build has no CUDA kernels "
+            "(nvcc was not on PATH when it was built); reinstall with nvcc available and a "
+            "CUDA build of torch"
+        )
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -13,6 +13,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from gradcomp import _C
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,7 +28,7 @@ def _load(relative: str) -> ModuleType:
 
 
 def test_compressors_benchmark_writes_a_record_per_method(tmp_path: Path, monkeypatch) -> None:
-    bench = _load("benchmarks/bench_compressors_cpu.py")
+    bench = _load("benchmarks/bench_compressors.py")
     out = tmp_path / "bench.json"
     argv = ["bench", "--numel", "4096", "--ratio", "0.01", "0.1", "--repeat", "1", "--json"]
     monkeypatch.setattr(sys, "argv", [*argv, str(out)])
@@ -46,6 +48,20 @@ def test_compressors_benchmark_writes_a_record_per_method(tmp_path: Path, monkey
             assert r[key] >= 0
     fp16 = next(r for r in records if r["compressor"] == "fp16")
     assert fp16["wire_bytes"] == 2 * 4096
+    for r in records:
+        is_topk = r["compressor"].split(":")[0] in ("topk", "topk_approx", "topk_int8")
+        assert ("torch_topk_ms" in r) == is_topk, r["compressor"]
+        if is_topk:
+            assert r["speedup_vs_torch_topk"] == r["torch_topk_ms"] / r["compress_ms"]
+
+
+def test_compressors_benchmark_on_cuda_needs_a_gpu(monkeypatch, capsys) -> None:
+    bench = _load("benchmarks/bench_compressors.py")
+    monkeypatch.setattr(sys, "argv", ["bench", "--device", "cuda", "--numel", "4096"])
+    if torch.cuda.is_available() and _C.has_cuda_kernels():
+        pytest.skip("a GPU is visible: the refusal cannot be shown")
+    assert bench.main() == 2
+    assert "--device cuda needs a visible GPU" in capsys.readouterr().err
 
 
 def test_topk_benchmark_writes_its_records(tmp_path: Path, monkeypatch) -> None:

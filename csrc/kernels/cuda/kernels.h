@@ -56,20 +56,28 @@ cudaError_t sparse_accumulate(const float* values, const int32_t* indices, int64
                               cudaStream_t stream);
 
 // -- exact Top-K (kernels/cpu/topk.h): the same k (value, index) pairs as the CPU kernel ----
-// Requires 1 <= k <= n <= INT32_MAX. Workspace: call with workspace == nullptr to get the
-// bytes needed in *workspace_bytes (about 8 n bytes plus scan storage).
+// Requires 1 <= k <= n <= INT32_MAX (else cudaErrorInvalidValue). Reads x about twice.
+// Workspace: call with workspace == nullptr to get the bytes needed in *workspace_bytes (about
+// 8 n + 8 k bytes plus radix-sort storage for k pairs).
 cudaError_t topk_select(const float* x, int64_t n, int64_t k, float* values, int32_t* indices,
                         void* workspace, size_t* workspace_bytes, cudaStream_t stream);
 
 // -- threshold selection (kernels/cpu/threshold.h) ------------------------------------------
-// The indices i (ascending) with magnitude_key(x[i]) >= threshold_key, written to
-// indices[0, count), and count to *count. `indices` must hold n entries. Temporary storage:
+// The indices i (ascending) with magnitude_key(x[i]) >= *threshold_key (a device pointer), written
+// to indices[0, count), and count to *count. `indices` must hold n entries. Temporary storage:
 // call with temp == nullptr to get the bytes needed in *temp_bytes.
-cudaError_t select_at_least(const float* x, int64_t n, uint32_t threshold_key, int32_t* indices,
-                            int64_t* count, void* temp, size_t* temp_bytes, cudaStream_t stream);
+cudaError_t select_at_least(const float* x, int64_t n, const uint32_t* threshold_key,
+                            int32_t* indices, int64_t* count, void* temp, size_t* temp_bytes,
+                            cudaStream_t stream);
 // values[j] = x[indices[j]] for j < *count (count read on the device; `capacity` bounds the grid).
 cudaError_t gather_selected(const float* x, const int32_t* indices, const int64_t* count,
                             int64_t capacity, float* values, cudaStream_t stream);
+
+// The sample cpu::estimate_threshold ranks: keys[j] = magnitude_key(x[p_j]) for
+// j < min(samples, n), with p_j drawn from Philox(key, step) word j exactly as on the CPU, or
+// p_j = j when samples >= n. Sorting the keys and taking the same rank gives the CPU's estimate.
+cudaError_t sample_magnitude_keys(const float* x, int64_t n, int64_t samples, uint64_t key,
+                                  uint64_t step, uint32_t* keys, cudaStream_t stream);
 
 // -- PowerSGD orthonormalization (kernels/cpu/orthonormalize.h) -----------------------------
 // matrices[b] (row-major rows[b] x cols) for b < count; `matrices` and `rows` are device arrays.

@@ -3,8 +3,10 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <random>
@@ -254,14 +256,15 @@ TEST(CudaKernels, ThresholdSelectionMatchesCpu) {
     const int64_t count = cpu::compact_selected(x.data(), n, key, values.data(), indices.data(), n,
                                                 cpu::serial_runner());
     Device<float> dx(x);
+    Device<uint32_t> dkey(std::vector<uint32_t>{key});
     Device<int32_t> di(n);
     Device<int64_t> dcount(1);
     size_t temp_bytes = 0;
-    check(cuda::select_at_least(dx.get(), n, key, di.get(), dcount.get(), nullptr, &temp_bytes,
-                                nullptr));
+    check(cuda::select_at_least(dx.get(), n, dkey.get(), di.get(), dcount.get(), nullptr,
+                                &temp_bytes, nullptr));
     Device<uint8_t> temp(temp_bytes);
-    check(cuda::select_at_least(dx.get(), n, key, di.get(), dcount.get(), temp.get(), &temp_bytes,
-                                nullptr));
+    check(cuda::select_at_least(dx.get(), n, dkey.get(), di.get(), dcount.get(), temp.get(),
+                                &temp_bytes, nullptr));
     Device<float> dv(n);
     check(cuda::gather_selected(dx.get(), di.get(), dcount.get(), n, dv.get(), nullptr));
     ASSERT_EQ(dcount.host()[0], count) << n;
@@ -274,17 +277,52 @@ TEST(CudaKernels, ThresholdSelectionMatchesCpu) {
   }
 }
 
+// The CPU estimate is the rank-th largest key of its sample; the CUDA sample ranked the same way
+// must give the same key, for samples smaller than, equal to and larger than n.
+TEST(CudaKernels, SampledKeysGiveTheCpuThresholdEstimate) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t n : kSizes) {
+    const auto x = normal(n, 8);
+    for (const int64_t samples : {int64_t{1}, int64_t{4096}, n, 2 * n}) {
+      const int64_t target = std::max<int64_t>(1, n / 100);
+      const uint64_t key = 0x1234567890abcdefull, step = 11;
+      const uint32_t expected = cpu::estimate_threshold(x.data(), n, target, samples, key, step);
+      const int64_t count = std::min(samples, n);
+      Device<float> dx(x);
+      Device<uint32_t> keys(count);
+      check(cuda::sample_magnitude_keys(dx.get(), n, samples, key, step, keys.get(), nullptr));
+      auto got = keys.host();
+      std::sort(got.begin(), got.end(), std::greater<uint32_t>());
+      const uint64_t scaled = static_cast<uint64_t>(target) * static_cast<uint64_t>(count);
+      const auto un = static_cast<uint64_t>(n);
+      int64_t rank = samples >= n ? target : static_cast<int64_t>(scaled / un + (scaled % un != 0));
+      rank = std::min(std::max<int64_t>(rank, 1), count);
+      EXPECT_EQ(got[rank - 1], expected) << "n=" << n << " samples=" << samples;
+    }
+  }
+}
+
+TEST(CudaKernels, TopKRejectsBadSizes) {
+  size_t bytes = 0;
+  EXPECT_EQ(cuda::topk_select(nullptr, 10, 0, nullptr, nullptr, nullptr, &bytes, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::topk_select(nullptr, 10, 11, nullptr, nullptr, nullptr, &bytes, nullptr),
+            cudaErrorInvalidValue);
+}
+
 TEST(CudaKernels, TopKMatchesCpuExactly) {
   SKIP_WITHOUT_GPU();
   for (const int64_t n :
        {int64_t{1}, int64_t{7}, int64_t{4097}, int64_t{100003}, int64_t{3000000}}) {
-    for (const int kind : {0, 1, 2}) {
+    for (const int kind : {0, 1, 2, 3}) {
       auto x = normal(n, 11);
       if (kind == 1) {  // heavy ties: a few distinct magnitudes, +-0 among them
         for (auto& v : x) v = std::round(v * 2.0f) / 2.0f;
       } else if (kind == 2 && n > 3) {  // inf and NaN rank above every finite value
         x[n / 2] = std::numeric_limits<float>::quiet_NaN();
         x[n / 3] = -std::numeric_limits<float>::infinity();
+      } else if (kind == 3) {  // one magnitude everywhere: only the index decides
+        for (size_t i = 0; i < x.size(); ++i) x[i] = i % 3 == 0 ? -0.0f : 0.0f;
       }
       for (const int64_t k : {int64_t{1}, (n + 99) / 100, (n + 1) / 2, n}) {
         std::vector<float> values(k);

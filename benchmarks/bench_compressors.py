@@ -1,15 +1,19 @@
-"""Every compressor on CPU: compress, decompress and error-feedback time vs a memcpy, and bytes.
+"""Every compressor on CPU or CUDA: compress, decompress and error-feedback time vs a copy.
 
-    python benchmarks/bench_compressors_cpu.py --numel 25000000 --json out.json
+    python benchmarks/bench_compressors.py --numel 25000000 --json out.json
+    python benchmarks/bench_compressors.py --device cuda --numel 25000000 --json out.json
 
-For each method and size, in one run (so ratios compare like with like): a memcpy of the
-float32 buffer (torch clone); compress (payload of the gradient); decompress (one payload
-decoded into a zeroed buffer, as the hook does per rank); and compensate+compress+residual
-(Compressor.compress_with_feedback, what a training step with error feedback costs). PowerSGD
-runs on the buffer viewed as a near-square matrix through its bucket codec with one rank:
-compress = P = MQ, orthonormalize, Q = M^T P and the residual; decompress = P Q^T. Median of
---repeat timed runs after one warm-up. JSON records: compressor, device, numel, ratio, threads,
-*_ms medians, *_vs_copy ratios, wire_bytes and dense_bytes.
+For each method and size, in one run (so ratios compare like with like): a copy of the float32
+buffer on the device (torch clone: a memcpy, or a device-to-device copy); compress (payload of
+the gradient); decompress (one payload decoded into a zeroed buffer, as the hook does per
+rank); and compensate+compress+residual (Compressor.compress_with_feedback, what a training
+step with error feedback costs). The Top-K family also times torch.topk on |x| with the same
+k, what a plain-PyTorch Top-K compressor does. PowerSGD runs on the buffer viewed as a
+near-square matrix through its bucket codec with one rank: compress = P = MQ, orthonormalize,
+Q = M^T P and the residual; decompress = P Q^T. Median of --repeat timed runs after one
+warm-up; on CUDA every run ends with a device synchronize. JSON records: compressor, device,
+numel, ratio, threads, *_ms medians, *_vs_copy ratios, torch_topk_ms and
+speedup_vs_torch_topk (Top-K family), wire_bytes and dense_bytes.
 """
 
 from __future__ import annotations
@@ -55,7 +59,12 @@ def with_ratio(spec: str, ratio: float) -> str | None:
     return name + ":" + ",".join(f"{k}={v:g}" for k, v in options.items())
 
 
-def bench_powersgd(spec: str, x: torch.Tensor, grad: torch.Tensor, repeat: int) -> dict:
+TOPK_FAMILY = ("topk", "topk_approx", "topk_int8")
+
+
+def bench_powersgd(
+    spec: str, x: torch.Tensor, grad: torch.Tensor, repeat: int, device: str
+) -> dict:
     name, options = gradcomp.parse_spec(spec)
     method = _C.make_compressor(name, options)
     numel = x.numel()
@@ -76,8 +85,8 @@ def bench_powersgd(spec: str, x: torch.Tensor, grad: torch.Tensor, repeat: int) 
         first, second = compress()
         codec.decode(out, first, second)
 
-    compress_ms = median_ms(compress, repeat)
-    full_ms = median_ms(full_step, repeat)
+    compress_ms = median_ms(compress, repeat, device)
+    full_ms = median_ms(full_step, repeat, device)
     return {
         "compress_ms": compress_ms,
         "decompress_ms": max(full_ms - compress_ms, 0.0),
@@ -87,32 +96,41 @@ def bench_powersgd(spec: str, x: torch.Tensor, grad: torch.Tensor, repeat: int) 
     }
 
 
-def bench(spec: str, numel: int, repeat: int) -> dict:
-    x = torch.randn(numel, generator=torch.Generator().manual_seed(0))
-    grad = torch.randn(numel, generator=torch.Generator().manual_seed(1))
-    copy_ms = median_ms(lambda: x.clone(), repeat)
+def bench(spec: str, numel: int, repeat: int, device: str = "cpu") -> dict:
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(0)).to(device)
+    grad = torch.randn(numel, generator=torch.Generator().manual_seed(1)).to(device)
+    copy_ms = median_ms(lambda: x.clone(), repeat, device)
     name, options = gradcomp.parse_spec(spec)
     if name == "powersgd":
-        timed = bench_powersgd(spec, x, grad, repeat)
+        timed = bench_powersgd(spec, x, grad, repeat, device)
     else:
         method = _C.make_compressor(name, options)
-        residual = torch.zeros(numel)
+        residual = torch.zeros(numel, device=device)
         payload = method.compress(x, step=1)
-        out = torch.zeros(numel)
+        out = torch.zeros(numel, device=device)
         timed = {
-            "compress_ms": median_ms(lambda: method.compress(x, step=1), repeat),
+            "compress_ms": median_ms(lambda: method.compress(x, step=1), repeat, device),
             "decompress_ms": median_ms(
-                lambda: (out.zero_(), method.decompress_add(payload, out, step=1)), repeat
+                lambda: (out.zero_(), method.decompress_add(payload, out, step=1)), repeat, device
             ),
             # The residual changes every call (as in training); that is what a step costs.
             "compensate_compress_residual_ms": median_ms(
-                lambda: method.compress_with_feedback(grad, residual, step=1), repeat
+                lambda: method.compress_with_feedback(grad, residual, step=1), repeat, device
             ),
             "wire_bytes": payload.numel() * payload.element_size(),
         }
+        if name in TOPK_FAMILY:
+            k = max(1, min(numel, math.ceil(options.get("ratio", 0.01) * numel)))
+
+            def torch_topk() -> None:
+                indices = torch.topk(x.abs(), k, sorted=False).indices
+                x.index_select(0, indices)
+
+            timed["torch_topk_ms"] = median_ms(torch_topk, repeat, device)
+            timed["speedup_vs_torch_topk"] = timed["torch_topk_ms"] / timed["compress_ms"]
     record = {
         "compressor": spec,
-        "device": "cpu",
+        "device": device,
         "numel": numel,
         "ratio": options.get(RATIO_OPTION.get(name, ""), None),
         "threads": torch.get_num_threads(),
@@ -133,10 +151,19 @@ def main() -> int:
     parser.add_argument(
         "--ratio", type=float, nargs="+", default=[0.01], help="for topk*, randomk, threshold"
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", type=Path, help="write the records here")
     args = parser.parse_args()
+    if args.device == "cuda" and not (torch.cuda.is_available() and _C.has_cuda_kernels()):
+        print(
+            "bench_compressors: --device cuda needs a visible GPU and a gradcomp build with CUDA "
+            f"kernels (GPU visible: {torch.cuda.is_available()}, CUDA kernels: "
+            f"{_C.has_cuda_kernels()})",
+            file=sys.stderr,
+        )
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     records = []
@@ -145,7 +172,7 @@ def main() -> int:
             variants = [with_ratio(spec, r) for r in args.ratio]
             specs = [v for v in variants if v is not None] or [spec]
             for variant in specs:
-                r = bench(variant, numel, args.repeat)
+                r = bench(variant, numel, args.repeat, args.device)
                 records.append(r)
                 print(
                     f"{variant:<28} numel={numel:>11,} copy {r['copy_ms']:7.2f} ms | "
@@ -153,7 +180,12 @@ def main() -> int:
                     f"decompress {r['decompress_ms']:8.2f} ms ({r['decompress_vs_copy']:5.2f}x) | "
                     f"EF {r['compensate_compress_residual_ms']:8.2f} ms "
                     f"({r['compensate_compress_residual_vs_copy']:5.2f}x) | "
-                    f"wire {r['wire_vs_dense']:.4f} of dense",
+                    f"wire {r['wire_vs_dense']:.4f} of dense"
+                    + (
+                        f" | {r['speedup_vs_torch_topk']:.1f}x faster than torch.topk"
+                        if "torch_topk_ms" in r
+                        else ""
+                    ),
                     flush=True,
                 )
     if args.json:

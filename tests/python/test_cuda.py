@@ -1,0 +1,277 @@
+"""The CUDA path of every method against the CPU path on the same inputs: ops, error feedback,
+bucket codecs, deferred index checks and a one-process NCCL DDP run. Skipped without a GPU (or
+with a build that has no CUDA kernels); test_cuda_build_without_gpu runs everywhere."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+
+import gradcomp
+from gradcomp import _C, ops
+
+HAS_GPU = torch.cuda.is_available() and _C.has_cuda_kernels()
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU and a CUDA build")
+pytestmark = pytest.mark.cuda
+
+# Bit-identical payloads on both devices.
+EXACT = [
+    "topk:ratio=0.01",
+    "topk:ratio=0.3",
+    "topk_approx:ratio=0.01",
+    "topk_int8:ratio=0.01",
+    "randomk:ratio=0.01",
+    "randomk:ratio=0.1,unbiased=1",
+    "threshold:tau=1.5",
+    "threshold:density=0.01",
+    "int8",
+    "fp16",
+    "bf16",
+    "none",
+]
+# Chunk statistics are block reductions on the GPU: the float statistic may differ in its last
+# bit from the CPU's sequential sum, so payloads are compared through what they decode to.
+STATISTICAL = ["qsgd:bits=2", "qsgd:bits=4", "qsgd:bits=8", "sign"]
+SIZES = [1, 7, 255, 256, 257, 4097, 100_003, 1_000_003]
+
+
+def _x(n: int, seed: int = 0) -> torch.Tensor:
+    x = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    if n > 10:
+        x[n // 3] = 0.0
+        x[n // 2] = -x[n // 2 - 1]  # a magnitude tie
+    return x
+
+
+def _poison_cuda_allocator(nbytes: int) -> None:
+    """Leaves freed blocks full of 0xAB in the caching allocator, so an output a kernel forgot
+    to write holds garbage instead of a lucky zero."""
+    for size in (nbytes, 2 * nbytes, nbytes // 2 + 1, 4096):
+        block = torch.full((max(size, 1),), 0xAB, dtype=torch.uint8, device="cuda")
+        del block
+
+
+def _split(spec: str) -> tuple[str, dict[str, float]]:
+    return gradcomp.parse_spec(spec)
+
+
+def test_cuda_build_without_gpu() -> None:
+    """Without a GPU, a CUDA parameter cannot exist, but the build still says what it has."""
+    assert isinstance(_C.has_cuda_kernels(), bool)
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", EXACT)
+@pytest.mark.parametrize("n", SIZES)
+def test_payload_is_identical_to_cpu(spec: str, n: int) -> None:
+    x = _x(n)
+    expected = ops.compress(x, spec, step=3, seed=5, tensor_key=11)
+    _poison_cuda_allocator(expected.numel() * expected.element_size())
+    got = ops.compress(x.cuda(), spec, step=3, seed=5, tensor_key=11)
+    assert got.device.type == "cuda"
+    assert torch.equal(got.cpu(), expected), spec
+    decoded = ops.decompress(got, spec, n, step=3, seed=5, tensor_key=11)
+    expected_decoded = ops.decompress(expected, spec, n, step=3, seed=5, tensor_key=11)
+    torch.testing.assert_close(decoded.cpu(), expected_decoded, rtol=0, atol=0, equal_nan=True)
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", STATISTICAL)
+@pytest.mark.parametrize("n", SIZES)
+def test_quantizers_decode_like_cpu(spec: str, n: int) -> None:
+    x = _x(n)
+    got = ops.compress(x.cuda(), spec, step=1, seed=2, tensor_key=3)
+    expected = ops.compress(x, spec, step=1, seed=2, tensor_key=3)
+    assert got.shape == expected.shape
+    # The GPU decoder and the CPU decoder read the GPU payload the same way...
+    on_gpu = ops.decompress(got, spec, n).cpu()
+    on_cpu = ops.decompress(got.cpu(), spec, n)
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-6, atol=0)
+    # ...and it encodes x as the CPU payload does, up to a rare code at a rounding boundary.
+    reference = ops.decompress(expected, spec, n)
+    differs = ~torch.isclose(on_cpu, reference, rtol=1e-5, atol=1e-7)
+    assert differs.float().mean().item() <= 1e-3, spec
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", EXACT + STATISTICAL)
+def test_error_feedback_matches_cpu(spec: str) -> None:
+    name, options = _split(spec)
+    method = _C.make_compressor(name, options)
+    n = 50_003
+    residual_cpu = torch.zeros(n)
+    residual_gpu = torch.zeros(n, device="cuda")
+    for step in range(4):
+        grad = _x(n, seed=step)
+        sent_cpu = method.compress_with_feedback(grad, residual_cpu, step, 7, 9)
+        sent_gpu = method.compress_with_feedback(grad.cuda(), residual_gpu, step, 7, 9)
+        if spec in EXACT:
+            assert torch.equal(sent_gpu.cpu(), sent_cpu), (spec, step)
+            torch.testing.assert_close(residual_gpu.cpu(), residual_cpu, rtol=0, atol=0)
+        else:
+            # Invariant on the device: residual + D(payload) equals residual before + grad.
+            torch.testing.assert_close(
+                residual_gpu.cpu(), residual_cpu, rtol=1e-4, atol=1e-4 * (step + 1)
+            )
+
+
+@needs_gpu
+def test_topk_ops_match_cpu_and_reject_bad_indices() -> None:
+    for n in SIZES:
+        x = _x(n)
+        k = max(1, n // 100)
+        values, indices = torch.ops.gradcomp.topk_compress(x.cuda(), k)
+        cpu_values, cpu_indices = torch.ops.gradcomp.topk_compress(x, k)
+        assert torch.equal(values.cpu(), cpu_values)
+        assert torch.equal(indices.cpu(), cpu_indices)
+        dense = torch.ops.gradcomp.topk_decompress(values, indices, n)
+        assert torch.equal(
+            dense.cpu(), torch.ops.gradcomp.topk_decompress(cpu_values, cpu_indices, n)
+        )
+    values = torch.ones(3, device="cuda")
+    indices = torch.tensor([0, 5, 1], dtype=torch.int32, device="cuda")
+    with pytest.raises(IndexError, match="index 5 at position 1 is outside"):
+        torch.ops.gradcomp.topk_decompress(values, indices, 5)
+
+
+@needs_gpu
+def test_orthonormalize_matches_cpu() -> None:
+    m = torch.randn(6, 300, 4, generator=torch.Generator().manual_seed(0))
+    m[2, :, 1] = m[2, :, 0]  # a dependent column becomes zero on both devices
+    got = torch.ops.gradcomp.orthonormalize(m.cuda()).cpu()
+    torch.testing.assert_close(got, torch.ops.gradcomp.orthonormalize(m), rtol=1e-4, atol=1e-5)
+
+
+ENTRIES = [("a.weight", 0, 100_000, True, 100), ("a.bias", 100_000, 50, False, 0)]
+ENTRIES += [("b.weight", 100_050, 30_000, True, 60)]
+NUMEL = 130_050
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", EXACT)
+def test_bucket_codec_matches_cpu(spec: str) -> None:
+    name, options = _split(spec)
+    method = _C.make_compressor(name, options)
+    cpu = _C.BucketCodec(method, ENTRIES, _C.ErrorFeedback(), 0, 0, 1)
+    gpu = _C.BucketCodec(method, ENTRIES, _C.ErrorFeedback(), 0, 0, 1)
+    for step in range(3):
+        bucket = _x(NUMEL, seed=10 + step)
+        bucket_gpu = bucket.cuda()
+        messages = cpu.encode(bucket, step)
+        messages_gpu = gpu.encode(bucket_gpu, step)
+        for m_cpu, m_gpu in zip(messages, messages_gpu, strict=True):
+            assert torch.equal(m_gpu.cpu(), m_cpu), (spec, step)
+        used = [m.numel() for m, c in zip(messages, cpu.channels, strict=True) if c[3]]
+        cpu.decode(bucket, messages, step, used)
+        gpu.decode(bucket_gpu, messages_gpu, step, used)
+        assert torch.equal(bucket_gpu.cpu(), bucket), (spec, step)
+
+
+@needs_gpu
+def test_powersgd_codec_matches_cpu() -> None:
+    method = _C.make_compressor("powersgd", {"rank": 2})
+    codecs = []
+    for _ in range(2):
+        codecs.append(
+            _C.PowerSgdCodec(method, ENTRIES, _C.ErrorFeedback(), _C.ErrorFeedback(), 0, 1)
+        )
+    for step in range(3):
+        bucket = _x(NUMEL, seed=step)
+        outputs = []
+        for codec, device in zip(codecs, ["cpu", "cuda"], strict=True):
+            b = bucket.to(device)
+            first = codec.encode_first(b)
+            second = codec.encode_second(first)
+            codec.decode(b, first, second)
+            outputs.append(b.cpu())
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-3, atol=1e-4)
+
+
+@needs_gpu
+def test_corrupt_index_in_the_hook_path_is_reported_without_waiting() -> None:
+    method = _C.make_compressor("topk", {"ratio": 0.01})
+    entries = [("w", 0, 10_000, True, 0)]
+    codec = _C.BucketCodec(method, entries, None, 0, 0, 1)
+    bucket = torch.randn(10_000, device="cuda")
+    (message,) = codec.encode(bucket, 0)
+    k = 100
+    message.view(torch.int32)[k + 3] = 10_000  # an index one past the end
+    codec.decode(bucket, [message], 0)  # skipped on the device; nothing written out of bounds
+    torch.cuda.synchronize()
+    codec.encode(bucket, 1)  # starts the copy of the device-side record
+    torch.cuda.synchronize()
+    with pytest.raises(IndexError, match="outside its tensor"):
+        codec.encode(bucket, 2)
+
+
+@needs_gpu
+def test_sign_and_qsgd_beyond_2_pow_31_bits() -> None:
+    # qsgd 8-bit: 2^28 + 5 elements pack into more than 2^31 bits.
+    n = (1 << 28) + 5
+    x = torch.randn(n, device="cuda")
+    payload = ops.compress(x, "qsgd:bits=8")
+    decoded = ops.decompress(payload, "qsgd:bits=8", n)
+    tail = slice(n - 4096, n)
+    assert torch.equal(torch.sign(decoded[tail]), torch.sign(x[tail]) * (decoded[tail] != 0))
+    del payload, decoded
+    free, _total = torch.cuda.mem_get_info()
+    if free < 30 * (1 << 30):
+        pytest.skip("sign over 2^31 elements needs about 30 GiB of free GPU memory")
+    n = (1 << 31) + 77
+    x = torch.randn(n, device="cuda")
+    decoded = ops.decompress(ops.compress(x, "sign"), "sign", n)
+    tail = slice(n - 4096, n)
+    assert torch.equal(torch.sign(decoded[tail]), torch.where(x[tail] >= 0, 1.0, -1.0).cuda())
+
+
+@needs_gpu
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "topk",
+        "topk_approx",
+        "topk_int8",
+        "randomk:ratio=0.1",
+        "threshold:density=0.01",
+        "qsgd",
+        "qsgd:bits=8",
+        "sign",
+        "int8",
+        "fp16",
+        "bf16",
+        "powersgd:rank=2",
+        "none",
+    ],
+)
+def test_nccl_ddp_trains_on_one_gpu(spec: str) -> None:
+    """One process, NCCL: the hook runs every stage on the device and the model learns, as
+    the two-process Gloo test (test_ddp.py) asks on the CPU."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ddp_workers import SmallNet, _batches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group(
+            "nccl", init_method=f"file://{os.path.join(tmp, 'store')}", rank=0, world_size=1
+        )
+        try:
+            torch.manual_seed(0)
+            model = SmallNet().cuda()
+            ddp = DistributedDataParallel(model, device_ids=[0], bucket_cap_mb=0.1)
+            state = gradcomp.register(ddp, spec, min_numel=0)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            losses = []
+            for x, y in _batches(0, 150):
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(ddp(x.cuda()), y.cuda())
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            assert sum(losses[-20:]) < 0.6 * sum(losses[:20]), (spec, losses[:3], losses[-3:])
+            assert state.stats()["steps"] == 150
+        finally:
+            dist.destroy_process_group()
