@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", type=Path, help="write the records here")
+    parser.add_argument("--markdown", type=Path, help="write a table of the records here")
     args = parser.parse_args()
     if args.device == "cuda" and not (torch.cuda.is_available() and _C.has_cuda_kernels()):
         print(
@@ -190,7 +192,36 @@ def main() -> int:
                 )
     if args.json:
         write_records(args.json, records)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(records) + "\n")
     return 0
+
+
+def markdown(records: list[dict]) -> str:
+    """One table per size: times in ms with their multiple of the copy, wire bytes vs dense."""
+    lines: list[str] = []
+    for numel in dict.fromkeys(r["numel"] for r in records):
+        rows = [r for r in records if r["numel"] == numel]
+        copy = statistics.median(r["copy_ms"] for r in rows)
+        lines += [
+            f"#### {numel:,} float32 on {rows[0]['device']} (copy: median {copy:.2f} ms)",
+            "",
+            "| method | compress ms (x copy) | decompress ms (x copy) | "
+            "compensate+compress+residual ms (x copy) | torch.topk ms (gradcomp faster by) | "
+            "wire / dense |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            cells = [f"`{r['compressor']}`"]
+            for key in ("compress", "decompress", "compensate_compress_residual"):
+                cells.append(f"{r[key + '_ms']:.2f} ({r[key + '_vs_copy']:.2f}x)")
+            topk = r.get("torch_topk_ms")
+            cells.append("" if topk is None else f"{topk:.2f} ({r['speedup_vs_torch_topk']:.1f}x)")
+            cells.append(f"{r['wire_vs_dense']:.4f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,11 @@ def _load(relative: str) -> ModuleType:
 def test_compressors_benchmark_writes_a_record_per_method(tmp_path: Path, monkeypatch) -> None:
     bench = _load("benchmarks/bench_compressors.py")
     out = tmp_path / "bench.json"
+    table = tmp_path / "bench.md"
     argv = ["bench", "--numel", "4096", "--ratio", "0.01", "0.1", "--repeat", "1", "--json"]
-    monkeypatch.setattr(sys, "argv", [*argv, str(out)])
+    monkeypatch.setattr(sys, "argv", [*argv, str(out), "--markdown", str(table)])
     assert bench.main() == 0
+    assert "| `topk:ratio=0.01` |" in table.read_text()
     records = json.loads(out.read_text())["records"]
     names = [r["compressor"].split(":")[0] for r in records]
     # Ratio-driven methods once per ratio, the rest once each.
@@ -62,23 +64,6 @@ def test_compressors_benchmark_on_cuda_needs_a_gpu(monkeypatch, capsys) -> None:
         pytest.skip("a GPU is visible: the refusal cannot be shown")
     assert bench.main() == 2
     assert "--device cuda needs a visible GPU" in capsys.readouterr().err
-
-
-def test_topk_benchmark_writes_its_records(tmp_path: Path, monkeypatch) -> None:
-    bench = _load("benchmarks/bench_topk_cpu.py")
-    out = tmp_path / "bench.json"
-    argv = ["bench", "--numel", "1000", "--ratio", "0.01", "0.1", "--repeat", "1", "--json"]
-    monkeypatch.setattr(sys, "argv", [*argv, str(out)])
-    assert bench.main() == 0
-    data = json.loads(out.read_text())
-    assert data["meta"]["torch"] == torch.__version__
-    records = data["records"]
-    shapes = [(r["numel"], r["ratio"], r["k"]) for r in records]
-    assert shapes == [(1000, 0.01, 10), (1000, 0.1, 100)]
-    for r in records:
-        assert r["wire_bytes"] == 8 * r["k"] and r["dense_bytes"] == 4000
-        for key in ("copy_ms", "torch_topk_ms", "compress_ms", "compensate_compress_residual_ms"):
-            assert r[key] > 0
 
 
 def _write_idx(path: Path, array: torch.Tensor) -> None:

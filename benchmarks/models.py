@@ -1,0 +1,145 @@
+"""The models the DDP benchmarks train, defined here so nothing is downloaded.
+
+Sizes follow the networks users compare against: a ResNet-50-sized CNN (bottleneck blocks
+[3, 4, 6, 3], 25.6M parameters), a ResNet-18-sized one (basic blocks [2, 2, 2, 2], 11.7M) and a
+small transformer language model. The CNNs keep ImageNet's stem but see 32x32 inputs, so a step
+costs little compute on a CPU while the gradients (what the network carries) keep full size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inputs: int, width: int, stride: int) -> None:
+        super().__init__()
+        out = width * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(inputs, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out),
+        )
+        self.shortcut = _shortcut(inputs, out, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inputs: int, width: int, stride: int) -> None:
+        super().__init__()
+        out = width * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(inputs, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        )
+        self.shortcut = _shortcut(inputs, out, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def _shortcut(inputs: int, out: int, stride: int) -> nn.Module:
+    if stride == 1 and inputs == out:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(inputs, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+
+class ResNet(nn.Module):
+    def __init__(
+        self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], classes: int = 1000
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        stages: list[nn.Module] = []
+        inputs = 64
+        for i, blocks in enumerate(layers):
+            width = 64 * 2**i
+            for b in range(blocks):
+                stages.append(block(inputs, width, 2 if (b == 0 and i > 0) else 1))
+                inputs = width * block.expansion
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(inputs, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TinyTransformer(nn.Module):
+    """A decoder-style language model: token + position embeddings, pre-norm encoder layers
+    with a causal mask, a tied output head."""
+
+    def __init__(self, vocab: int = 8192, dim: int = 256, layers: int = 4, context: int = 64):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Parameter(torch.zeros(context, dim))
+        layer = nn.TransformerEncoderLayer(
+            dim, 4, 4 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(length)
+        h = self.tokens(tokens) + self.positions[:length]
+        h = self.norm(self.layers(h, mask=mask, is_causal=True))
+        return h @ self.tokens.weight.t()
+
+
+def _image_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, 3, 32, 32, generator=generator), torch.randint(
+        0, 1000, (batch,), generator=generator
+    )
+
+
+def _token_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, 8192, (batch, 65), generator=generator)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def _tiny_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 1000)
+    )
+
+
+# name -> (constructor, batch maker, default batch size). "tiny" is for tests of the harness.
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable, int]] = {
+    "resnet50": (lambda: ResNet(Bottleneck, [3, 4, 6, 3]), _image_batch, 4),
+    "resnet18": (lambda: ResNet(BasicBlock, [2, 2, 2, 2]), _image_batch, 8),
+    "transformer": (TinyTransformer, _token_batch, 8),
+    "tiny": (_tiny_cnn, _image_batch, 4),
+}
+
+
+def loss_of(model_name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if model_name == "transformer":
+        return nn.functional.cross_entropy(output.flatten(0, 1), target.flatten())
+    return nn.functional.cross_entropy(output, target)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
