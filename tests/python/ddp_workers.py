@@ -30,6 +30,23 @@ def _init(rank: int, world_size: int, port: int) -> None:
     )
 
 
+# Every lossy method with the options the DDP training tests use (SmallNet, lr 0.05, momentum
+# 0.9, 150 steps): Random-K at 10%, because 1% is too sparse for that schedule.
+TRAINED_METHODS = [
+    "topk_approx",
+    "topk_int8",
+    "randomk:ratio=0.1",
+    "threshold:density=0.01",
+    "qsgd",
+    "qsgd:bits=8",
+    "sign",
+    "int8",
+    "fp16",
+    "bf16",
+    "powersgd:rank=2",
+]
+
+
 class SmallNet(torch.nn.Module):
     """A conv layer, a big linear layer and small biases: tensors both sides of min_numel."""
 

@@ -13,6 +13,8 @@ import torch
 import gradcomp
 from gradcomp import _C, ops
 
+from ddp_workers import TRAINED_METHODS, SmallNet, _batches
+
 HAS_GPU = torch.cuda.is_available() and _C.has_cuda_kernels()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU and a CUDA build")
 pytestmark = pytest.mark.cuda
@@ -228,31 +230,12 @@ def test_sign_and_qsgd_beyond_2_pow_31_bits() -> None:
 
 
 @needs_gpu
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "topk",
-        "topk_approx",
-        "topk_int8",
-        "randomk:ratio=0.1",
-        "threshold:density=0.01",
-        "qsgd",
-        "qsgd:bits=8",
-        "sign",
-        "int8",
-        "fp16",
-        "bf16",
-        "powersgd:rank=2",
-        "none",
-    ],
-)
+@pytest.mark.parametrize("spec", ["topk", *TRAINED_METHODS, "none"])
 def test_nccl_ddp_trains_on_one_gpu(spec: str) -> None:
     """One process, NCCL: the hook runs every stage on the device and the model learns, as
     the two-process Gloo test (test_ddp.py) asks on the CPU."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-
-    from ddp_workers import SmallNet, _batches
 
     with tempfile.TemporaryDirectory() as tmp:
         dist.init_process_group(
