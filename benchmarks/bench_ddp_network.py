@@ -238,7 +238,10 @@ def main() -> int:
                         worker = [str(WORKER), "--model", model, "--methods", *args.methods,
                                   "--steps", str(args.steps), "--warmup", str(args.warmup),
                                   "--batch", str(args.batch), "--out", str(out)]  # fmt: skip
-                        env = dict(os.environ, PYTHONPATH=str(HERE), OMP_NUM_THREADS="1")
+                        # TORCH_CPP_LOG_LEVEL: c10d warns on every connection that it cannot resolve
+                        # the namespaces' addresses to host names, which drowns the progress lines.
+                        env = dict(os.environ, PYTHONPATH=str(HERE), OMP_NUM_THREADS="1",
+                                   TORCH_CPP_LOG_LEVEL="ERROR")  # fmt: skip
                         if network is None:
                             commands = [
                                 [
