@@ -108,16 +108,22 @@ def test_error_feedback_matches_cpu(spec: str) -> None:
     residual_gpu = torch.zeros(n, device="cuda")
     for step in range(4):
         grad = _x(n, seed=step)
+        before = residual_gpu.clone()
         sent_cpu = method.compress_with_feedback(grad, residual_cpu, step, 7, 9)
         sent_gpu = method.compress_with_feedback(grad.cuda(), residual_gpu, step, 7, 9)
         if spec in EXACT:
             assert torch.equal(sent_gpu.cpu(), sent_cpu), (spec, step)
             torch.testing.assert_close(residual_gpu.cpu(), residual_cpu, rtol=0, atol=0)
-        else:
-            # Invariant on the device: residual + D(payload) equals residual before + grad.
-            torch.testing.assert_close(
-                residual_gpu.cpu(), residual_cpu, rtol=1e-4, atol=1e-4 * (step + 1)
-            )
+            continue
+        # The error-feedback invariant on the device: what stays plus what was sent is what
+        # there was plus the gradient.
+        decoded = method.decompress(sent_gpu, n, step, 7, 9)
+        torch.testing.assert_close(
+            residual_gpu + decoded, before + grad.cuda(), rtol=1e-5, atol=1e-5
+        )
+        # And it stays with the CPU's residual, up to rare codes at a rounding boundary.
+        close = torch.isclose(residual_gpu.cpu(), residual_cpu, rtol=1e-4, atol=1e-4 * (step + 1))
+        assert close.float().mean().item() >= 0.999, (spec, step)
 
 
 @needs_gpu
@@ -218,6 +224,7 @@ def test_sign_and_qsgd_beyond_2_pow_31_bits() -> None:
     decoded = ops.decompress(payload, "qsgd:bits=8", n)
     tail = slice(n - 4096, n)
     assert torch.equal(torch.sign(decoded[tail]), torch.sign(x[tail]) * (decoded[tail] != 0))
+    assert (decoded[tail] != 0).float().mean().item() > 0.5  # not a tail decoded to zeros
     del payload, decoded
     free, _total = torch.cuda.mem_get_info()
     if free < 30 * (1 << 30):

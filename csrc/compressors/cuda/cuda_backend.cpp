@@ -191,12 +191,17 @@ class CudaBackend final : public CudaKernels {
       if (!state.copied->query()) return;  // the device is not there yet: check next time
       state.copy_pending = false;
       const int64_t bad = state.host.data_ptr<int64_t>()[0];
-      TORCH_CHECK_INDEX(bad == kNoBadIndex,
-                        "gradcomp: a received payload held an index outside "
-                        "its tensor (at payload position ",
-                        bad,
-                        "); it was skipped on the device. A rank sent a corrupt payload or the "
-                        "ranks disagree on the model's parameters");
+      if (bad != kNoBadIndex) {
+        // Cleared before raising, so one corrupt payload is reported once, not at every step
+        // after it.
+        state.flag.fill_(kNoBadIndex);
+        TORCH_CHECK_INDEX(false,
+                          "gradcomp: a received payload held an index outside its tensor (at "
+                          "payload position ",
+                          bad,
+                          "); it was skipped on the device. A rank sent a corrupt payload or the "
+                          "ranks disagree on the model's parameters");
+      }
     }
     state.host.copy_(state.flag, /*non_blocking=*/true);
     const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
@@ -259,7 +264,9 @@ class CudaBackend final : public CudaKernels {
     const c10::DeviceGuard guard(device);
     const auto count = static_cast<int64_t>(matrices.size());
     // [pointers..., rows...] in one small host-to-device copy.
-    auto table = at::empty({2 * count}, at::TensorOptions().dtype(at::kLong));
+    // Pinned, so the copy never waits for the stream (which may be waiting for a collective);
+    // the caching host allocator keeps the block until the copy is done.
+    auto table = at::empty({2 * count}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     int64_t* entries = table.data_ptr<int64_t>();
     for (int64_t b = 0; b < count; ++b) {
       entries[b] = reinterpret_cast<int64_t>(matrices[b].data_ptr<float>());
@@ -290,9 +297,10 @@ class CudaBackend final : public CudaKernels {
 };
 
 // Registers the backend when the library loads (the object library keeps this alive).
+// Never destroyed: its tensors, pinned memory and event must not be freed after the CUDA
+// runtime has shut down at exit.
 const bool kRegistered = [] {
-  static const CudaBackend backend;
-  register_cuda_kernels(&backend);
+  register_cuda_kernels(new CudaBackend);
   return true;
 }();
 
