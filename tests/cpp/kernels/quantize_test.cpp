@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/common/philox.h"
+#include "random_inputs.h"
 #include "thread_runner.h"
 
 namespace gradcomp::kernels::cpu {
@@ -33,13 +34,7 @@ float from_bits(uint32_t b) {
 }
 bool same_bits(float a, float b) { return bits_of(a) == bits_of(b); }
 
-std::vector<float> normal(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
+using test_inputs::normal;
 
 // Multiples of 1/64 in [-8, 8] (zeros and -0 included): every sum of their squares or
 // magnitudes is exact in double, so any summation order gives the same statistics.

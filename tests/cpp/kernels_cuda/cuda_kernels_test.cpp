@@ -9,9 +9,9 @@
 #include <functional>
 #include <limits>
 #include <memory>
-#include <random>
 #include <vector>
 
+#include "../kernels/random_inputs.h"
 #include "kernels/cpu/orthonormalize.h"
 #include "kernels/cpu/quantize.h"
 #include "kernels/cpu/randomk.h"
@@ -63,13 +63,7 @@ class Device {
   size_t count_;
 };
 
-std::vector<float> normal(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
+using test_inputs::normal;
 
 const int64_t kSizes[] = {1, 7, 255, 256, 257, 4097, 100003};
 constexpr int64_t kChunk = 128;
