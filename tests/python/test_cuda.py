@@ -247,6 +247,13 @@ def test_sign_and_qsgd_beyond_2_pow_31_bits() -> None:
     assert torch.equal(torch.sign(decoded[tail]), torch.where(x[tail] >= 0, 1.0, -1.0).cuda())
 
 
+# Random-K 10% with error feedback diverges at lr 0.05 on one rank's data: each coordinate is
+# sent about every tenth step with ten steps of gradient at once, which momentum amplifies. The
+# CPU on Gloo with world size 1 diverges the same way (losses reach 1e14 by step 130); at 0.02
+# both train.
+NCCL_LR = {"randomk:ratio=0.1": 0.02}
+
+
 @needs_gpu
 @pytest.mark.parametrize("spec", ["topk", *TRAINED_METHODS, "none"])
 def test_nccl_ddp_trains_on_one_gpu(spec: str) -> None:
@@ -264,7 +271,9 @@ def test_nccl_ddp_trains_on_one_gpu(spec: str) -> None:
             model = SmallNet().cuda()
             ddp = DistributedDataParallel(model, device_ids=[0], bucket_cap_mb=0.1)
             state = gradcomp.register(ddp, spec, min_numel=0)
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            optimizer = torch.optim.SGD(
+                model.parameters(), lr=NCCL_LR.get(spec, 0.05), momentum=0.9
+            )
             losses = []
             for x, y in _batches(0, 150):
                 optimizer.zero_grad()
