@@ -21,9 +21,12 @@ ctest --test-dir build/cmake --output-on-failure
 echo "== Python tests (pytest)"
 python3 -m pytest tests/python -q -p no:cacheprovider
 
+echo "== convergence suites, CI subset (docs/convergence.md; the full suite: pytest tests/convergence)"
+python3 -m pytest tests/convergence -q -p no:cacheprovider --convergence-subset ci
+
 echo "== lint and types (ruff, clang-format, mypy)"
-python3 -m ruff check python tests benchmarks examples setup.py
-python3 -m ruff format --check python tests benchmarks examples setup.py
+python3 -m ruff check python tests benchmarks examples scripts setup.py
+python3 -m ruff format --check python tests benchmarks examples scripts setup.py
 find csrc tests/cpp \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print0 | xargs -0 clang-format --dry-run --Werror
 python3 -m mypy python/gradcomp --ignore-missing-imports
 echo "== all tests passed"

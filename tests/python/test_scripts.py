@@ -91,3 +91,81 @@ def test_demo_says_how_to_get_missing_data(tmp_path: Path) -> None:
     demo = _load("examples/fashion_mnist_ddp.py")
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         demo.load_fashion_mnist("train", tmp_path)
+
+
+def _suite_result(metric: str, values: dict[str, float]) -> dict:
+    runs = []
+    for label, value in values.items():
+        spec = None if label == "dense" else "topk:ratio=0.01"
+        sent = 400.0 if spec is None else 8.0
+        curve = [{"step": s, "bytes_sent": s * sent, metric: value - 0.1 / s} for s in (1, 2, 3)]
+        runs.append(
+            {
+                "label": label,
+                "spec": spec,
+                "error_feedback": "without" not in label,
+                metric: value,
+                "bytes_per_step": sent,
+                "dense_bytes_per_step": 400.0,
+                "curve": curve,
+            }
+        )
+    return {
+        "workload": "toy",
+        "metric": metric,
+        "world_size": 2,
+        "recipe": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64},
+        "meta": {"torch": torch.__version__, "date": "2026-11-27T00:00:00+00:00"},
+        "runs": runs,
+    }
+
+
+def test_convergence_report_writes_tables_and_curves(tmp_path: Path, monkeypatch) -> None:
+    report = _load("scripts/convergence_report.py")
+    accuracy = tmp_path / "acc.json"
+    accuracy.write_text(
+        json.dumps(
+            _suite_result(
+                "test_accuracy", {"dense": 0.91, "topk 1%": 0.905, "topk 1% without EF": 0.85}
+            )
+        )
+    )
+    loss = tmp_path / "loss.json"
+    loss.write_text(json.dumps(_suite_result("val_loss", {"dense": 2.0, "topk 1%": 2.03})))
+    out = tmp_path / "docs"
+    monkeypatch.setattr(sys, "argv", ["report", str(accuracy), str(loss), "--out", str(out)])
+    assert report.main() == 0
+    table = (out / "convergence_toy.md").read_text()  # the second file overwrote the first
+    assert "| topk 1% | `topk:ratio=0.01` | 2.0300 | +1.50% | 8 | 0.0200 (50x less) |" in table
+    assert (out / "convergence_toy.png").stat().st_size > 10_000
+    accuracy_table = report.table(json.loads(accuracy.read_text()))
+    assert "| topk 1% | `topk:ratio=0.01` | 90.50% | -0.50 pt |" in accuracy_table
+    assert "`topk:ratio=0.01`, no EF | 85.00% | -6.00 pt |" in accuracy_table
+
+
+def test_convergence_recipe_overrides_are_checked(monkeypatch) -> None:
+    _load("tests/convergence/suite.py")  # imports workloads as a module (dataclasses need one)
+    workloads = sys.modules["workloads"]
+    monkeypatch.setenv("GRADCOMP_CONVERGENCE_RECIPE", '{"lr": 0.01, "extra": {"steps": 7}}')
+    recipe = workloads.recipe_for("char_lm")
+    assert recipe.lr == 0.01 and recipe.extra["steps"] == 7 and recipe.extra["context"] == 64
+    monkeypatch.setenv("GRADCOMP_CONVERGENCE_RECIPE", '{"learning_rate": 0.01}')
+    with pytest.raises(ValueError, match="unknown fields \\['learning_rate'\\]"):
+        workloads.recipe_for("char_lm")
+
+
+@pytest.mark.distributed
+def test_convergence_suite_runs_end_to_end_on_a_tiny_recipe(tmp_path: Path, monkeypatch) -> None:
+    """The whole suite path (2 spawned ranks, every stage, the JSON) on 12 LM steps."""
+    suite = _load("tests/convergence/suite.py")
+    recipe = {"evals": 2, "warmup_steps": 2, "extra": {"steps": 12, "width": 32}}
+    monkeypatch.setenv("GRADCOMP_CONVERGENCE_RECIPE", json.dumps(recipe))
+    result = suite.run("char_lm", ["dense", "topk 1%"], tmp_path / "lm.json")
+    dense, topk = result["runs"]
+    assert result["recipe"]["extra"]["steps"] == 12
+    assert [p["step"] for p in dense["curve"]] == [6, 12]
+    assert dense["val_loss"] < 5.6 and topk["val_loss"] < 5.6  # ln 256 = 5.55 at the start
+    assert 0.005 < topk["bytes_per_step"] / topk["dense_bytes_per_step"] < 0.1
+    assert topk["curve"][-1]["bytes_sent"] == topk["bytes_per_step"] * 12
+    with pytest.raises(ValueError, match="unknown methods \\['topk'\\]"):
+        suite.run("char_lm", ["topk"], tmp_path / "x.json")
