@@ -71,7 +71,7 @@ SUITE_METHODS = {
 class Recipe:
     """Everything that fixes a run besides the method: same for every method of a suite."""
 
-    epochs: float
+    epochs: float  # passes over the training set (Fashion-MNIST; the LM runs extra["steps"])
     batch_size: int
     optimizer: str  # "sgd" (momentum 0.9) or "adamw"
     lr: float
@@ -277,7 +277,9 @@ def recipe_for(workload_name: str) -> Recipe:
 def _optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9)
-    return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    raise ValueError(f"recipe optimizer {recipe.optimizer!r}; valid: 'sgd', 'adamw'")
 
 
 def train_one(workload, recipe: Recipe, method: Method, log_prefix: str) -> dict:
