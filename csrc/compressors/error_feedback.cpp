@@ -3,6 +3,8 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 namespace gradcomp {
 
 int64_t ErrorFeedback::slot(const std::string& name, int64_t numel) {
@@ -41,6 +43,14 @@ double ErrorFeedback::squared_norm() const {
     if (r.defined()) total += r.to(at::kDouble).square().sum().item<double>();
   }
   return total;
+}
+
+void ErrorFeedback::scale(double factor) {
+  TORCH_CHECK_VALUE(std::isfinite(factor) && factor > 0.0, "error feedback: scale factor ", factor,
+                    " is out of range; valid: a finite factor > 0");
+  for (auto& r : residuals_) {
+    if (r.defined()) r.mul_(factor);
+  }
 }
 
 std::map<std::string, at::Tensor> ErrorFeedback::state_dict() const {

@@ -23,6 +23,9 @@ class ErrorFeedback {
   int64_t size() const { return static_cast<int64_t>(names_.size()); }
   // Sum over all residuals of ||e||^2 (accumulated in double).
   double squared_norm() const;
+  // Multiplies every residual by `factor`: keeps them in the units of gradients whose loss
+  // scale (AMP's GradScaler) changed.
+  void scale(double factor);
 
   // name -> copy of the residual, for every residual that exists.
   std::map<std::string, at::Tensor> state_dict() const;

@@ -4,11 +4,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/sub.h>
 #include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "compressors/aten_task_runner.h"
@@ -62,7 +65,8 @@ PowerSgdCodec::PowerSgdCodec(std::shared_ptr<const PowerSgd> method,
                     "PowerSgdCodec: method and warm_start must not be null");
   TORCH_CHECK_VALUE(world_size >= 1, "PowerSgdCodec: world_size=", world_size, " must be >= 1");
   int64_t expected_offset = 0;
-  // Dense values first, then the P blocks, so round 1 is [dense | P_1 .. P_L].
+  first_numel_ = 1;  // the non-finite flag
+  // Dense values first, then the P blocks, so round 1 is [flag | dense | P_1 .. P_L].
   for (auto& entry : entries) {
     check_entry(entry, expected_offset);
     numel_ += entry.numel;
@@ -124,24 +128,32 @@ at::Tensor PowerSgdCodec::warm_q(size_t placement, const at::Device& device) {
   return q;
 }
 
-at::Tensor PowerSgdCodec::encode_first(const at::Tensor& bucket) {
+at::Tensor PowerSgdCodec::encode_first(const at::Tensor& bucket, bool measure) {
   check_bucket(bucket);
-  auto first = at::empty({first_numel_}, bucket.options().dtype(at::kFloat));
+  skipped_ = !all_finite(bucket.narrow(0, 0, bucket_extent_));
+  measuring_ = measure && !skipped_;
+  measured_ = {};
+  auto first = at::zeros({first_numel_}, bucket.options().dtype(at::kFloat));
+  if (skipped_) first.narrow(0, 0, 1).fill_(1);
   for (size_t i = 0; i < placements_.size(); ++i) {
     const auto& p = placements_[i];
     const auto grad = bucket.narrow(0, p.entry.offset, p.entry.numel);
     if (p.rank == 0) {
-      first.narrow(0, p.first_offset, p.entry.numel).copy_(grad);
+      if (!skipped_) first.narrow(0, p.first_offset, p.entry.numel).copy_(grad);
+      if (measuring_) measured_.input_sq += grad.to(at::kDouble).square().sum().item<double>();
       matrices_[i] = at::Tensor();
       continue;
     }
     at::Tensor m;
-    if (p.residual_slot >= 0) {
+    if (skipped_) {
+      m = at::zeros({p.entry.numel}, first.options());  // contributes nothing, keeps nothing
+    } else if (p.residual_slot >= 0) {
       m = error_feedback_->residual(p.residual_slot, bucket.device());
       m.add_(grad);
     } else {
       m = grad.scalar_type() == at::kFloat ? grad : grad.to(at::kFloat);
     }
+    if (measuring_) measured_.input_sq += m.to(at::kDouble).square().sum().item<double>();
     matrices_[i] = m.view({p.rows, p.cols});
     auto out = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
     at::mm_out(out, matrices_[i], warm_q(i, bucket.device()));
@@ -195,34 +207,55 @@ at::Tensor PowerSgdCodec::encode_second(const at::Tensor& first) {
     const auto P = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
     auto q = second.narrow(0, p.second_offset, p.cols * p.rank).view({p.cols, p.rank});
     at::mm_out(q, matrices_[i].t(), P);
-    if (p.residual_slot >= 0) {
+    if (p.residual_slot >= 0 && !skipped_) {
       // What this rank's own gradient loses in the projection stays for the next step.
       matrices_[i].sub_(at::mm(P, q.t()));
+      if (measuring_) {
+        measured_.error_sq += matrices_[i].to(at::kDouble).square().sum().item<double>();
+      }
+    } else if (measuring_) {
+      measured_.error_sq +=
+          at::sub(matrices_[i], at::mm(P, q.t())).to(at::kDouble).square().sum().item<double>();
     }
   }
   return second;
 }
 
-void PowerSgdCodec::decode(const at::Tensor& bucket, const at::Tensor& first,
-                           const at::Tensor& second) {
+DecodeOutcome PowerSgdCodec::decode(const at::Tensor& bucket, const at::Tensor& first,
+                                    const at::Tensor& second) {
   check_bucket(bucket);
   TORCH_CHECK_VALUE(first.numel() == first_numel_ && second.numel() == second_numel_,
                     "PowerSgdCodec: decode got ", first.numel(), " and ", second.numel(),
                     " elements; expected ", first_numel_, " and ", second_numel_);
+  const auto nonfinite = first.narrow(0, 0, 1).ne(0).squeeze(0);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  // On the CPU the flag is read here; on CUDA the device applies it (no wait for the host).
+  if (!bucket.is_cuda() && nonfinite.item<bool>()) {
+    for (auto& p : placements_) bucket.narrow(0, p.entry.offset, p.entry.numel).fill_(nan);
+    for (auto& m : matrices_) m = at::Tensor();
+    return DecodeOutcome::kNonFinite;
+  }
   for (size_t i = 0; i < placements_.size(); ++i) {
     const auto& p = placements_[i];
     auto target = bucket.narrow(0, p.entry.offset, p.entry.numel);
     if (p.rank == 0) {
       target.copy_(first.narrow(0, p.first_offset, p.entry.numel).div(world_size_));
-      continue;
+    } else {
+      auto q = second.narrow(0, p.second_offset, p.cols * p.rank).view({p.cols, p.rank});
+      q.div_(world_size_);
+      auto warm = warm_start_->residual(p.q_slot, bucket.device()).view({p.cols, p.rank});
+      if (bucket.is_cuda()) {
+        warm.copy_(at::where(nonfinite, warm, q));
+      } else {
+        warm.copy_(q);
+      }
+      const auto P = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
+      target.view({p.rows, p.cols}).copy_(at::mm(P, q.t()));
+      matrices_[i] = at::Tensor();
     }
-    auto q = second.narrow(0, p.second_offset, p.cols * p.rank).view({p.cols, p.rank});
-    q.div_(world_size_);
-    warm_start_->residual(p.q_slot, bucket.device()).view({p.cols, p.rank}).copy_(q);
-    const auto P = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
-    target.view({p.rows, p.cols}).copy_(at::mm(P, q.t()));
-    matrices_[i] = at::Tensor();
+    if (bucket.is_cuda()) target.masked_fill_(nonfinite, nan);
   }
+  return bucket.is_cuda() ? DecodeOutcome::kUnchecked : DecodeOutcome::kFinite;
 }
 
 }  // namespace gradcomp

@@ -2,7 +2,7 @@
 // step of subspace iteration, warm-started from the previous step's Q, with error feedback.
 //
 // Per bucket, two allreduce rounds:
-//   round 1: [dense tensors | P_1 .. P_L],  P = M Q (n x r), M = grad + residual (n x m)
+//   round 1: [flag | dense tensors | P_1 .. P_L],  P = M Q (n x r), M = grad + residual (n x m)
 //   between: orthonormalize the summed P's columns (one batched kernel call for all matrices);
 //            Q_local = M^T P; residual = M - P Q_local^T (what this rank's gradient loses)
 //   round 2: [Q_1 .. Q_L]  (m x r each), summed
@@ -16,6 +16,10 @@
 // by bucket index, which goes wrong when DDP rebuilds its buckets). Q starts from a normal
 // draw of a generator seeded by (seed, parameter name), identical on every rank; torch's global
 // RNG is never touched.
+//
+// Non-finite gradients, as in BucketCodec: a rank whose bucket holds an inf or NaN sets the flag,
+// sends zeros and keeps its residuals; every rank then writes NaN into the bucket and keeps its
+// warm-start Q as it was.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -66,11 +70,13 @@ class PowerSgdCodec {
 
   // Round 1 message (float32, first_numel() elements). Keeps the matrices M for the next two
   // calls, so the three calls of one step must run in order, one step at a time per codec.
-  at::Tensor encode_first(const at::Tensor& bucket);
+  // With measure, measured() holds the norms once encode_second has run (waits on CUDA).
+  at::Tensor encode_first(const at::Tensor& bucket, bool measure = false);
   // first: round 1 after its allreduce (summed over ranks). Returns the round 2 message.
   at::Tensor encode_second(const at::Tensor& first);
   // Writes the averaged approximation into the bucket.
-  void decode(const at::Tensor& bucket, const at::Tensor& first, const at::Tensor& second);
+  DecodeOutcome decode(const at::Tensor& bucket, const at::Tensor& first, const at::Tensor& second);
+  CodecMeasure measured() const { return measured_; }
 
  private:
   struct Placement {
@@ -95,6 +101,9 @@ class PowerSgdCodec {
   std::vector<Placement> placements_;
   int64_t first_numel_ = 0, second_numel_ = 0, numel_ = 0, bucket_extent_ = 0;
   std::vector<at::Tensor> matrices_;  // M per placement (undefined for dense ones), one step
+  bool skipped_ = false;              // this step's bucket was not finite here: keep residuals
+  bool measuring_ = false;
+  CodecMeasure measured_;
   // CUDA: the initial draw per placement, kept on the device so that replacing a zero Q needs
   // no host round trip each step.
   std::vector<at::Tensor> initial_q_;

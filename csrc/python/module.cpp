@@ -19,8 +19,6 @@ namespace py = pybind11;
 namespace gradcomp {
 namespace {
 
-using EntryTuple = std::tuple<std::string, int64_t, int64_t, bool, int64_t>;
-
 at::Tensor new_payload(const Compressor& c, int64_t numel, const at::Device& device) {
   return at::empty({c.payload_numel(numel)},
                    at::TensorOptions().dtype(c.payload_dtype()).device(device));
@@ -35,14 +33,35 @@ std::shared_ptr<ErrorFeedback> optional_feedback(const py::object& object) {
   return object.is_none() ? nullptr : object.cast<std::shared_ptr<ErrorFeedback>>();
 }
 
-std::vector<BucketEntry> to_entries(const std::vector<EntryTuple>& entries) {
+// (name, offset, numel, compress, rows[, method]) per parameter.
+std::vector<BucketEntry> to_entries(const std::vector<py::tuple>& entries) {
   std::vector<BucketEntry> list;
   list.reserve(entries.size());
-  for (const auto& [name, offset, numel, compress, rows] : entries) {
-    list.push_back({name, offset, numel, compress, rows});
+  for (const auto& t : entries) {
+    TORCH_CHECK_VALUE(t.size() == 5 || t.size() == 6,
+                      "a bucket entry is (name, offset, numel, compress, rows[, method]), got a "
+                      "tuple of ",
+                      t.size());
+    BucketEntry entry{t[0].cast<std::string>(), t[1].cast<int64_t>(), t[2].cast<int64_t>(),
+                      t[3].cast<bool>(), t[4].cast<int64_t>()};
+    if (t.size() == 6) entry.method = t[5].cast<int64_t>();
+    list.push_back(std::move(entry));
   }
   return list;
 }
+
+// A Compressor, or a list of them (one per override), as the codec's method list.
+std::vector<std::shared_ptr<const Compressor>> to_methods(const py::object& object) {
+  std::vector<std::shared_ptr<const Compressor>> methods;
+  if (py::isinstance<py::list>(object) || py::isinstance<py::tuple>(object)) {
+    for (const auto& item : object) methods.push_back(item.cast<std::shared_ptr<Compressor>>());
+  } else {
+    methods.push_back(object.cast<std::shared_ptr<Compressor>>());
+  }
+  return methods;
+}
+
+py::tuple measure_tuple(const CodecMeasure& m) { return py::make_tuple(m.input_sq, m.error_sq); }
 
 }  // namespace
 }  // namespace gradcomp
@@ -161,21 +180,24 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<>())
       .def("__len__", &ErrorFeedback::size)
       .def("squared_norm", &ErrorFeedback::squared_norm)
+      .def("scale", &ErrorFeedback::scale, py::arg("factor"),
+           "Multiplies every residual by factor (a loss-scale change).")
       .def("state_dict", &ErrorFeedback::state_dict)
       .def("load_state_dict", &ErrorFeedback::load_state_dict, py::arg("state"))
       .def("reset", &ErrorFeedback::reset);
 
   py::class_<BucketCodec, std::shared_ptr<BucketCodec>>(m, "BucketCodec")
-      .def(py::init([](std::shared_ptr<Compressor> compressor,
-                       const std::vector<EntryTuple>& entries, const py::object& error_feedback,
-                       uint64_t seed, int64_t rank, int64_t world_size) {
-             return std::make_shared<BucketCodec>(std::move(compressor), to_entries(entries),
+      .def(py::init([](const py::object& compressors, const std::vector<py::tuple>& entries,
+                       const py::object& error_feedback, uint64_t seed, int64_t rank,
+                       int64_t world_size) {
+             return std::make_shared<BucketCodec>(to_methods(compressors), to_entries(entries),
                                                   optional_feedback(error_feedback), seed, rank,
                                                   world_size);
            }),
-           py::arg("compressor"), py::arg("entries"), py::arg("error_feedback"), py::arg("seed"),
+           py::arg("compressors"), py::arg("entries"), py::arg("error_feedback"), py::arg("seed"),
            py::arg("rank") = 0, py::arg("world_size") = 1,
-           "entries: (name, offset, numel, compress, rows) per parameter, in bucket order.")
+           "compressors: a Compressor or a list; entries: (name, offset, numel, compress, rows[, "
+           "method]) per parameter, in bucket order; method indexes the list.")
       .def_property_readonly(
           "channels",
           [](const BucketCodec& codec) {
@@ -189,12 +211,23 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("dense_bytes", &BucketCodec::dense_bytes)
       .def_property_readonly("numel", &BucketCodec::numel)
       .def("encode", &BucketCodec::encode, py::arg("bucket"), py::arg("step"),
-           py::call_guard<py::gil_scoped_release>())
-      .def("decode", &BucketCodec::decode, py::arg("bucket"), py::arg("received"), py::arg("step"),
-           py::arg("used") = std::vector<int64_t>{}, py::call_guard<py::gil_scoped_release>());
+           py::arg("measure") = false, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("measured",
+                             [](const BucketCodec& c) { return measure_tuple(c.measured()); })
+      .def(
+          "decode",
+          [](const BucketCodec& codec, const at::Tensor& bucket,
+             const std::vector<at::Tensor>& received, int64_t step,
+             const std::vector<int64_t>& used) {
+            return static_cast<int>(codec.decode(bucket, received, step, used));
+          },
+          py::arg("bucket"), py::arg("received"), py::arg("step"),
+          py::arg("used") = std::vector<int64_t>{}, py::call_guard<py::gil_scoped_release>(),
+          "1: written; 0: a rank's bucket was not finite, the bucket is NaN; -1: flags applied "
+          "on the device, outcome not read back.");
 
   py::class_<PowerSgdCodec, std::shared_ptr<PowerSgdCodec>>(m, "PowerSgdCodec")
-      .def(py::init([](std::shared_ptr<PowerSgd> method, const std::vector<EntryTuple>& entries,
+      .def(py::init([](std::shared_ptr<PowerSgd> method, const std::vector<py::tuple>& entries,
                        const py::object& error_feedback, std::shared_ptr<ErrorFeedback> warm_start,
                        uint64_t seed, int64_t world_size) {
              return std::make_shared<PowerSgdCodec>(std::move(method), to_entries(entries),
@@ -210,9 +243,17 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("numel", &PowerSgdCodec::numel)
       .def_property_readonly("low_rank_matrices", &PowerSgdCodec::low_rank_matrices)
       .def("encode_first", &PowerSgdCodec::encode_first, py::arg("bucket"),
-           py::call_guard<py::gil_scoped_release>())
+           py::arg("measure") = false, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("measured",
+                             [](const PowerSgdCodec& c) { return measure_tuple(c.measured()); })
       .def("encode_second", &PowerSgdCodec::encode_second, py::arg("first"),
            py::call_guard<py::gil_scoped_release>())
-      .def("decode", &PowerSgdCodec::decode, py::arg("bucket"), py::arg("first"), py::arg("second"),
-           py::call_guard<py::gil_scoped_release>());
+      .def(
+          "decode",
+          [](PowerSgdCodec& codec, const at::Tensor& bucket, const at::Tensor& first,
+             const at::Tensor& second) {
+            return static_cast<int>(codec.decode(bucket, first, second));
+          },
+          py::arg("bucket"), py::arg("first"), py::arg("second"),
+          py::call_guard<py::gil_scoped_release>());
 }

@@ -152,7 +152,7 @@ def test_powersgd_codec_matches_the_algorithm() -> None:
     world = 2
     codecs, _efs, _warm = _powersgd(world, error_feedback=True)
     assert codecs[0].low_rank_matrices == 2
-    assert codecs[0].first_numel == 50 + 2 * (10 + 60)
+    assert codecs[0].first_numel == 1 + 50 + 2 * (10 + 60)  # flag, dense, P
     assert codecs[0].second_numel == 2 * (100 + 50)
     g = torch.Generator().manual_seed(3)
     grads = [torch.randn(NUMEL, generator=g) for _ in range(world)]
@@ -216,3 +216,111 @@ def test_orthonormalize_op() -> None:
     )
     for b in range(3):
         torch.testing.assert_close(q[b], _gram_schmidt(x[b]), atol=1e-5, rtol=1e-4)
+
+
+# Every method through its codec, as the hook runs them.
+_ALL_SPECS = [
+    "topk:ratio=0.1",
+    "topk_approx:ratio=0.1",
+    "topk_int8:ratio=0.1",
+    "randomk:ratio=0.1",
+    "threshold:density=0.05",
+    "qsgd",
+    "sign",
+    "int8",
+    "fp16",
+    "bf16",
+]
+
+
+@pytest.mark.parametrize("spec", [*_ALL_SPECS, "powersgd"])
+def test_a_nonfinite_gradient_on_one_rank_is_nan_on_every_rank(spec: str) -> None:
+    """Rank 1's bucket holds an inf: every rank's result is all NaN (so GradScaler skips the step
+    on all of them), rank 1 keeps its residuals exactly, the others stay finite, and the next
+    finite step decodes normally again."""
+    world = 3
+    if spec == "powersgd":
+        codecs, efs, warm = _powersgd(world, error_feedback=True)
+    else:
+        efs = [_C.ErrorFeedback() for _ in range(world)]
+        method = _C.make_compressor(*_split(spec))
+        codecs = [_C.BucketCodec(method, ENTRIES, efs[r], 0, r, world) for r in range(world)]
+    g = torch.Generator().manual_seed(7)
+
+    def step(buckets: list[torch.Tensor], index: int) -> None:
+        if spec == "powersgd":
+            _powersgd_step(codecs, buckets)
+        else:
+            _exchange(codecs, buckets, index)
+
+    step([torch.randn(NUMEL, generator=g) for _ in range(world)], 0)
+    kept = efs[1].state_dict()
+    if spec not in ("fp16", "bf16"):  # lossless casts keep no residual
+        assert kept
+    warm_before = [w.state_dict() for w in warm] if spec == "powersgd" else None
+    buckets = [torch.randn(NUMEL, generator=g) for _ in range(world)]
+    buckets[1][1020] = float("inf")  # in the dense bias
+    buckets[1][7] = float("nan")  # in a compressed matrix
+    step(buckets, 1)
+    for bucket in buckets:
+        assert bucket.isnan().all()
+    for name, residual in efs[1].state_dict().items():
+        assert torch.equal(residual, kept[name]), name
+    for r in (0, 2):
+        assert all(t.isfinite().all() for t in efs[r].state_dict().values())
+    if warm_before is not None:  # the warm start is kept on every rank
+        for w, before in zip(warm, warm_before, strict=True):
+            for name, q in w.state_dict().items():
+                assert torch.equal(q, before[name]), name
+    buckets = [torch.randn(NUMEL, generator=g) for _ in range(world)]
+    step(buckets, 2)
+    for bucket in buckets:
+        assert bucket.isfinite().all()
+
+
+def test_codec_with_one_method_per_entry() -> None:
+    """Per-parameter overrides: entry 0 Top-K 1%, entry 2 Top-K 10% (same channel), the bias
+    dense; what each decodes matches its own method alone."""
+    methods = [
+        _C.make_compressor("topk", {"ratio": 0.01}),
+        _C.make_compressor("topk", {"ratio": 0.1}),
+    ]
+    entries = [(*ENTRIES[0], 0), (*ENTRIES[1], 0), (*ENTRIES[2], 1)]
+    codec = _C.BucketCodec(methods, entries, None, 0, 0, 1)
+    assert [c[0] for c in codec.channels] == ["allreduce", "allgather"]
+    grad = torch.randn(NUMEL, generator=torch.Generator().manual_seed(8))
+    bucket = grad.clone()
+    _exchange([codec], [bucket], 0)
+    for (_name, offset, numel, _c, _r), ratio in ((ENTRIES[0], 0.01), (ENTRIES[2], 0.1)):
+        x = grad[offset : offset + numel]
+        values, indices = reference.topk(x, reference.topk_k(ratio, numel))
+        expected = torch.zeros_like(x)
+        expected[indices.long()] = values
+        assert torch.equal(bucket[offset : offset + numel], expected)
+    assert torch.equal(bucket[1000:1050], grad[1000:1050])
+
+
+@pytest.mark.parametrize("spec", [*_ALL_SPECS, "powersgd"])
+def test_codec_measures_the_relative_error(spec: str) -> None:
+    """measure=True: input_sq is ||g||^2 of the whole bucket, error_sq is ||g - D(C(g))||^2,
+    checked against the decoded result on one rank without error feedback."""
+    grad = torch.randn(NUMEL, generator=torch.Generator().manual_seed(9))
+    bucket = grad.clone()
+    if spec == "powersgd":
+        (codec,), _efs, _warm = _powersgd(1, error_feedback=False)
+        first = codec.encode_first(bucket, True)
+        second = codec.encode_second(first)  # orthonormalizes first in place
+        input_sq, error_sq = codec.measured
+        codec.decode(bucket, first, second)
+    else:
+        (codec,) = _codecs(spec, 1)
+        messages = codec.encode(bucket, 0, True)
+        input_sq, error_sq = codec.measured
+        received = [m.clone() for m in messages]
+        used = [messages[-1].numel()] if codec.channels[-1][3] else []
+        codec.decode(bucket, received, 0, used)
+    assert input_sq == pytest.approx(grad.double().square().sum().item(), rel=1e-6)
+    expected = (grad.double() - bucket.double()).square().sum().item()
+    assert error_sq == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    if spec not in ("fp16", "bf16"):
+        assert error_sq > 0

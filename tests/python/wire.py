@@ -42,11 +42,18 @@ def byte_channel(name: str) -> bool:
     return name in ("topk", "topk_approx", "topk_int8", "qsgd", "sign", "int8", "threshold")
 
 
+def flag_bytes(name: str) -> int:
+    """The non-finite flag at the start of a bucket's first channel: one element of it."""
+    if byte_channel(name):
+        return 8
+    return 2 if name in ("fp16", "bf16") else 4
+
+
 def bucket_bytes(name: str, numels: list[int], **opt: float) -> int:
     """What the codec sends for one bucket whose tensors are all compressed."""
     if not byte_channel(name):
-        return sum(payload_bytes(name, n, **opt) for n in numels)
-    total = 0
+        return flag_bytes(name) + sum(payload_bytes(name, n, **opt) for n in numels)
+    total = flag_bytes(name)
     for n in numels:
         total = align8(total) + payload_bytes(name, n, **opt)
     return align8(total)
@@ -55,7 +62,7 @@ def bucket_bytes(name: str, numels: list[int], **opt: float) -> int:
 def powersgd_bytes(
     shapes: list[tuple[int, ...]], rank: int = 2, min_compression: float = 2.0
 ) -> int:
-    total = 0
+    total = 4  # the non-finite flag
     for shape in shapes:
         numel = math.prod(shape)
         if len(shape) >= 2 and shape[0] >= 2 and numel // shape[0] >= 2:

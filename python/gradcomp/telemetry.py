@@ -1,0 +1,167 @@
+"""Per-step and cumulative counters of the hook, the log line and the TensorBoard scalars.
+
+A step's buckets finish on torch.distributed's threads in any order; a step's record is
+complete when its last bucket has been issued and every issued bucket has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+from typing import Any, Protocol
+
+__all__ = ["ScalarWriter", "StepRecord", "Telemetry", "open_writer"]
+
+logger = logging.getLogger("gradcomp")
+
+
+class ScalarWriter(Protocol):
+    """What gradcomp needs of a TensorBoard writer (torch.utils.tensorboard.SummaryWriter)."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> Any: ...
+
+
+def open_writer(tensorboard: str | os.PathLike[str] | ScalarWriter) -> ScalarWriter:
+    """A SummaryWriter for a log directory, or the writer given."""
+    if isinstance(tensorboard, (str, os.PathLike)):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:  # torch raises this when the tensorboard package is missing
+            raise ImportError(
+                f"tensorboard={os.fspath(tensorboard)!r} needs the tensorboard package: "
+                "pip install tensorboard (or pass any object with add_scalar)"
+            ) from error
+        return SummaryWriter(log_dir=os.fspath(tensorboard))
+    if not callable(getattr(tensorboard, "add_scalar", None)):
+        raise TypeError(
+            "tensorboard must be a log directory or a writer with add_scalar(tag, value, step), "
+            f"got {type(tensorboard).__name__}"
+        )
+    return tensorboard
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """One step's counters, filled by its buckets."""
+
+    step: int
+    loss_scale: float
+    measure: bool
+    bytes_sent: int = 0
+    bytes_dense: int = 0
+    compress_seconds: float = 0.0
+    communicate_seconds: float = 0.0
+    decompress_seconds: float = 0.0
+    input_sq: float = 0.0
+    error_sq: float = 0.0
+    nonfinite_buckets: int = 0
+    issued: int = 0
+    finished: int = 0
+    closed: bool = False  # its last bucket has been issued
+    residual_norm: float = math.nan
+
+    def summary(self) -> dict[str, Any]:
+        measured = self.measure and self.input_sq > 0
+        return {
+            "step": self.step,
+            "bytes_sent": self.bytes_sent,
+            "bytes_dense": self.bytes_dense,
+            "ratio": self.bytes_sent / self.bytes_dense if self.bytes_dense else math.nan,
+            "compress_seconds": self.compress_seconds,
+            "communicate_seconds": self.communicate_seconds,
+            "decompress_seconds": self.decompress_seconds,
+            "nonfinite_buckets": self.nonfinite_buckets,
+            "loss_scale": self.loss_scale,
+            "relative_error": math.sqrt(self.error_sq / self.input_sq) if measured else math.nan,
+            "residual_norm": self.residual_norm,
+        }
+
+
+class Telemetry:
+    """Collects StepRecords into cumulative counters; logs and writes scalars every N steps."""
+
+    def __init__(self, log_every: int, writer: ScalarWriter | None, log_rank: bool) -> None:
+        self.log_every = log_every
+        self.writer = writer
+        self.log_rank = log_rank  # this rank logs and writes (rank 0 of the hook's group)
+        self.lock = threading.Lock()
+        self.totals = {
+            "bytes_sent": 0,
+            "bytes_dense": 0,
+            "compress_seconds": 0.0,
+            "communicate_seconds": 0.0,
+            "decompress_seconds": 0.0,
+            "nonfinite_steps": 0,
+        }
+        self.last: dict[str, Any] | None = None
+        self.last_measured: dict[str, Any] | None = None
+        if log_every > 0 and log_rank and not logger.hasHandlers():
+            # Without any logging set-up, INFO lines would go nowhere; a user who configures
+            # logging ("gradcomp" logger) replaces this.
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("gradcomp: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+
+    def measures(self, step: int) -> bool:
+        """Whether `step` (0-based) measures the relative error and residual norm."""
+        return self.log_every > 0 and (step + 1) % self.log_every == 0
+
+    def complete(self, record: StepRecord) -> None:
+        """Adds a finished step; called once per step, on whichever thread finished it."""
+        summary = record.summary()
+        with self.lock:
+            for key in ("bytes_sent", "bytes_dense"):
+                self.totals[key] += summary[key]
+            for key in ("compress_seconds", "communicate_seconds", "decompress_seconds"):
+                self.totals[key] += summary[key]
+            self.totals["nonfinite_steps"] += 1 if record.nonfinite_buckets else 0
+            self.last = summary
+            if record.measure:
+                self.last_measured = summary
+        if record.measure and self.log_rank:
+            self._report(summary)
+
+    def _report(self, s: dict[str, Any]) -> None:
+        with self.lock:
+            totals = dict(self.totals)
+        cumulative = totals["bytes_sent"] / totals["bytes_dense"] if totals["bytes_dense"] else 1.0
+        logger.info(
+            "step %d: sent %.3f MB (%.4f of dense, %.4f overall), compress %.1f ms, "
+            "communicate %.1f ms, decompress %.1f ms, relative error %.4f, residual norm %.4g%s",
+            s["step"] + 1,
+            s["bytes_sent"] / 1e6,
+            s["ratio"],
+            cumulative,
+            1e3 * s["compress_seconds"],
+            1e3 * s["communicate_seconds"],
+            1e3 * s["decompress_seconds"],
+            s["relative_error"],
+            s["residual_norm"],
+            f", {s['nonfinite_buckets']} non-finite bucket(s)" if s["nonfinite_buckets"] else "",
+        )
+        if self.writer is not None:
+            step = s["step"] + 1
+            for key in (
+                "ratio",
+                "bytes_sent",
+                "compress_seconds",
+                "communicate_seconds",
+                "decompress_seconds",
+                "relative_error",
+                "residual_norm",
+                "loss_scale",
+            ):
+                self.writer.add_scalar(f"gradcomp/{key}", float(s[key]), step)
+            self.writer.add_scalar("gradcomp/cumulative_ratio", cumulative, step)
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            return {"totals": dict(self.totals)}
+
+    def load(self, state: dict[str, Any]) -> None:
+        with self.lock:
+            self.totals.update(state["totals"])
