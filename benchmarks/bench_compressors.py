@@ -13,7 +13,9 @@ near-square matrix through its bucket codec with one rank: compress = P = MQ, or
 Q = M^T P and the residual; decompress = P Q^T. Median of --repeat timed runs after one
 warm-up; on CUDA every run ends with a device synchronize. JSON records: compressor, device,
 numel, ratio, threads, *_ms medians, *_vs_copy ratios, torch_topk_ms and
-speedup_vs_torch_topk (Top-K family), wire_bytes and dense_bytes.
+speedup_vs_torch_topk (Top-K family), wire_bytes and dense_bytes; codec_encode_ms (the hook's
+whole per-bucket encode: non-finite check, message, compensate+compress+residual) and
+finite_check_ms (that check alone), per-tensor methods only.
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ def bench(spec: str, numel: int, repeat: int, device: str = "cpu") -> dict:
             ),
             "wire_bytes": payload.numel() * payload.element_size(),
         }
+        # What the hook runs per bucket: the non-finite check, the message allocation, then
+        # the same compensate+compress+residual.
+        codec = _C.BucketCodec(method, [("x", 0, numel, True, 0)], _C.ErrorFeedback(), 0)
+        timed["codec_encode_ms"] = median_ms(lambda: codec.encode(grad, 1), repeat, device)
+        timed["finite_check_ms"] = median_ms(lambda: _C.all_finite(grad), repeat, device)
         if name in TOPK_FAMILY:
             k = max(1, min(numel, math.ceil(options.get("ratio", 0.01) * numel)))
 
@@ -139,8 +146,9 @@ def bench(spec: str, numel: int, repeat: int, device: str = "cpu") -> dict:
         **timed,
         "dense_bytes": 4 * numel,
     }
-    for key in ("compress", "decompress", "compensate_compress_residual"):
-        record[f"{key}_vs_copy"] = record[f"{key}_ms"] / copy_ms
+    for key in ("compress", "decompress", "compensate_compress_residual", "codec_encode"):
+        if f"{key}_ms" in record:
+            record[f"{key}_vs_copy"] = record[f"{key}_ms"] / copy_ms
     record["wire_vs_dense"] = record["wire_bytes"] / record["dense_bytes"]
     return record
 

@@ -88,6 +88,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("compressor_names", &compressor_names, "Registered compressor names, sorted.");
   m.def("has_cuda_kernels", &has_cuda_kernels,
         "True when this build has the CUDA backend (nvcc compiled the CUDA kernels).");
+  m.def("all_finite", &all_finite, py::arg("values"),
+        "True when every element is finite: the check the bucket codecs run before encoding.",
+        py::call_guard<py::gil_scoped_release>());
   m.def("parameter_key", &parameter_key, py::arg("name"),
         "The per-parameter RNG key gradcomp derives from a parameter name.");
 
