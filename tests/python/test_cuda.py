@@ -217,13 +217,38 @@ def test_corrupt_index_in_the_hook_path_is_reported_without_waiting() -> None:
     bucket = torch.randn(10_000, device="cuda")
     (message,) = codec.encode(bucket, 0)
     k = 100
-    message.view(torch.int32)[k + 3] = 10_000  # an index one past the end
+    # After the 8-byte non-finite flag slot and k float values: an index one past the end.
+    message.view(torch.int32)[2 + k + 3] = 10_000
     codec.decode(bucket, [message], 0)  # skipped on the device; nothing written out of bounds
     torch.cuda.synchronize()
     codec.encode(bucket, 1)  # starts the copy of the device-side record
     torch.cuda.synchronize()
     with pytest.raises(IndexError, match="outside its tensor"):
         codec.encode(bucket, 2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", ["topk:ratio=0.01", "qsgd", "fp16", "threshold:density=0.01"])
+def test_nonfinite_bucket_on_the_device(spec: str) -> None:
+    """The flag path on CUDA: an inf leaves the residuals as they were and the decoded bucket
+    NaN; decode applies the flag on the device (-1) unless a variable channel reads it (0)."""
+    method = _C.make_compressor(*_split(spec))
+    residuals = _C.ErrorFeedback()
+    codec = _C.BucketCodec(method, ENTRIES, residuals, 0, 0, 1)
+    bucket = _x(NUMEL, seed=1).cuda()
+    messages = codec.encode(bucket, 0)
+    used = [m.numel() for m, c in zip(messages, codec.channels, strict=True) if c[3]]
+    codec.decode(bucket, messages, 0, used)
+    kept = residuals.state_dict()
+    bucket = _x(NUMEL, seed=2).cuda()
+    bucket[5] = float("inf")
+    messages = codec.encode(bucket, 1)
+    used = [m.numel() for m, c in zip(messages, codec.channels, strict=True) if c[3]]
+    outcome = codec.decode(bucket, messages, 1, used)
+    assert outcome == (0 if spec.startswith("threshold") else -1)
+    assert bucket.isnan().all()
+    for name, residual in residuals.state_dict().items():
+        assert torch.equal(residual, kept[name]), name
 
 
 @needs_gpu
