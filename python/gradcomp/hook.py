@@ -281,14 +281,21 @@ class HookState:
         return self._record
 
     def _end_issue(self, record: StepRecord, sent: int, dense: int, last: bool) -> None:
-        """Counts a bucket's bytes once its collectives are issued; the last one ends the step."""
-        record.bytes_sent += sent
-        record.bytes_dense += dense
-        if last:
+        """Counts a bucket's bytes once its collectives are issued; the last one ends the step.
+        Its callback may already have run (collectives can finish first), so the step may
+        complete here."""
+        with self.telemetry.lock:
+            record.bytes_sent += sent
+            record.bytes_dense += dense
+            if not last:
+                return
             record.closed = True
-            self._record = None
-            self._last_step_bytes_sent = record.bytes_sent
-            self.step += 1
+            done = record.finished == record.issued
+        self._record = None
+        self._last_step_bytes_sent = record.bytes_sent
+        self.step += 1
+        if done:
+            self._complete(record)
 
     def _finish_bucket(
         self,
@@ -307,10 +314,13 @@ class HookState:
             record.finished += 1
             done = record.closed and record.finished == record.issued
         if done:
-            if record.measure:
-                scale = record.loss_scale or 1.0
-                record.residual_norm = math.sqrt(self._residuals.squared_norm()) / scale
-            self.telemetry.complete(record)
+            self._complete(record)
+
+    def _complete(self, record: StepRecord) -> None:
+        if record.measure:
+            scale = record.loss_scale or 1.0
+            record.residual_norm = math.sqrt(self._residuals.squared_norm()) / scale
+        self.telemetry.complete(record)
 
     def _then(
         self,

@@ -154,7 +154,13 @@ def test_tensorboard_needs_log_every(single_rank_group: None, tmp_path: Path) ->
 def test_profiler_ranges(single_rank_group: None, spec: str) -> None:
     ddp = DistributedDataParallel(_model())
     gradcomp.register(ddp, spec, min_numel=0)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    # decompress runs in the collective's completion callback, on torch.distributed's thread
+    # when the collective finishes after the hook returns; the profiler records other threads
+    # only with profile_all_threads (docs/training.md).
+    config = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], experimental_config=config
+    ) as prof:
         _step(ddp)
     names = {e.key for e in prof.key_averages()}
     for phase in ("compress", "communicate", "decompress"):
