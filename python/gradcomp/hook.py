@@ -25,6 +25,7 @@ from torch.profiler import record_function
 from gradcomp import _C
 from gradcomp.comm import allgather_async, allreduce_async, exchange_lengths
 from gradcomp.config import CompressorConfig, NoCompression, PowerSGD, RandomK, resolve_config
+from gradcomp.consistency import check_ranks_agree
 from gradcomp.telemetry import ScalarWriter, StepRecord, Telemetry, open_writer
 
 __all__ = ["HookState", "comm_hook", "register"]
@@ -32,6 +33,10 @@ __all__ = ["HookState", "comm_hook", "register"]
 # 2: adds PowerSGD's warm-start matrices. 3: per-rank parts under rank-unique keys (so that
 # torch.distributed.checkpoint keeps every rank's), loss scale of the residuals, overrides.
 _STATE_VERSION = 3
+
+# Bumped whenever what crosses the wire changes, so that ranks running different gradcomp
+# versions fail the first-call agreement check instead of misreading each other's payloads.
+_WIRE_VERSION = 3  # 3: the non-finite flag slot
 
 Overrides = Mapping[str, "str | CompressorConfig"]
 
@@ -146,6 +151,20 @@ class HookState:
         # the teardown on the communication thread never drops the last reference to an object
         # that owns Python state (see comm.py and _CallbackTail).
         self._in_flight: dict[int, tuple[torch.futures.Future | dist.Work, ...]] = {}
+        # What every rank must agree on, checked once at the first hook call.
+        numels = param_numels or {name: -1 for name in param_names.values()}
+        self._description: dict[str, Any] = {
+            "wire_version": _WIRE_VERSION,
+            "compressor": self.compressor.spec,
+            "overrides": {p: c.spec for p, c in self.overrides.items()},
+            "error_feedback": error_feedback,
+            "min_numel": min_numel,
+            "start_iter": start_iter,
+            "seed": seed,
+            "loss_scaling": grad_scaler is not None,
+            "parameters": [[name, numel] for name, numel in numels.items()],
+        }
+        self._ranks_agree = False
         _LIVE_STATES.add(self)
 
     @classmethod
@@ -491,6 +510,9 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
     """
     buffer = bucket.buffer()
     group, world = state.process_group, state.world_size
+    if not state._ranks_agree:
+        check_ranks_agree(state._description, group, buffer.device)
+        state._ranks_agree = True
     record = state._begin_bucket()
     if state.step < state.start_iter:  # dense warm-up, as DDP's own allreduce hook does it
         dense = buffer.numel() * buffer.element_size()
