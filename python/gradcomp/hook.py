@@ -185,16 +185,26 @@ class HookState:
         **options: Any,
     ) -> "HookState":
         """A state for ``model`` without registering it: for
-        ``model.register_comm_hook(state, gradcomp.comm_hook)``. Arguments as in register()."""
-        if not isinstance(model, DistributedDataParallel):
+        ``ddp.register_comm_hook(state, gradcomp.comm_hook)``. Arguments as in register().
+
+        ``model`` may also be the module before DDP wraps it (frameworks that build the hook
+        state first, e.g. Lightning's ``ddp_comm_state``): DDP keeps the same parameters.
+        """
+        if isinstance(model, DistributedDataParallel):
+            _check_reducer(model)
+            module = model.module
+        elif isinstance(model, torch.nn.Module):
+            module = model
+        else:
             raise TypeError(
-                "gradcomp expects a torch.nn.parallel.DistributedDataParallel model, got "
-                f"{type(model).__name__}; wrap it first: model = DistributedDataParallel(model)"
+                "gradcomp expects a torch.nn.parallel.DistributedDataParallel model (or the "
+                f"module it wraps), got {type(model).__name__}"
             )
         config = resolve_config(compressor, options)
         names: dict[int, str] = {}
         numels: dict[str, int] = {}
-        for name, param in model.module.named_parameters():
+        for raw_name, param in module.named_parameters():
+            name = canonical_name(raw_name)
             _check_device(name, param.device)
             names[id(param)] = name
             numels[name] = param.numel()
@@ -483,7 +493,7 @@ class HookState:
         self._warm_start.reset()
         if part is not None:
             # Q is the same on every rank and does not depend on the world size.
-            self._warm_start.load_state_dict(part["warm_start"])
+            self._warm_start.load_state_dict(self._known(part["warm_start"], "warm-start Q"))
         same_world = state["world_size"] == self.world_size
         if not same_world:
             warnings.warn(
@@ -492,7 +502,7 @@ class HookState:
                 stacklevel=2,
             )
         elif part is not None:
-            self._residuals.load_state_dict(part["residuals"])
+            self._residuals.load_state_dict(self._known(part["residuals"], "residual"))
         self._residual_scale = part["residual_scale"] if part is not None else None
         self.step = int(state["step"])
         self._record = None
@@ -502,12 +512,32 @@ class HookState:
         elif part is not None and part["counters"] is not None:
             self.telemetry.load(part["counters"])
 
+    def _known(self, tensors: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+        """The entries whose names are parameters of this model (names saved before gradcomp
+        stripped torch.compile's prefix are mapped); warns about the rest, which are dropped."""
+        known = set(self._param_names.values())
+        kept = {canonical_name(name): t for name, t in tensors.items()}
+        unknown = sorted(name for name in kept if name not in known)
+        if unknown:
+            warnings.warn(
+                f"gradcomp: checkpoint has {what}s for {len(unknown)} name(s) that are not "
+                f"parameters of this model, dropped: {', '.join(unknown[:8])}",
+                stacklevel=3,
+            )
+        return {name: t for name, t in kept.items() if name in known}
+
 
 def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """The DDP communication hook: compensate, compress, exchange, decompress, average.
 
     Use through :func:`register`, or ``ddp.register_comm_hook(state, gradcomp.comm_hook)``.
     """
+    if not isinstance(bucket, dist.GradBucket):
+        raise TypeError(
+            f"gradcomp.comm_hook got a {type(bucket).__name__}, not a GradBucket: DDP's Python "
+            "reducer (compiled autograd, optimize_ddp='python_reducer') calls hooks per "
+            "parameter; gradcomp needs DDP's C++ reducer (the default)"
+        )
     buffer = bucket.buffer()
     group, world = state.process_group, state.world_size
     if not state._ranks_agree:
@@ -663,6 +693,23 @@ def _check_device(name: str, device: torch.device) -> None:
         )
 
 
+def canonical_name(name: str) -> str:
+    """A parameter's name without torch.compile's ``_orig_mod.`` segments, so that residuals,
+    overrides and checkpoints use the same names whether or not (and where) a model is
+    compiled."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
+def _check_reducer(model: DistributedDataParallel) -> None:
+    if getattr(model, "_use_python_reducer", False):
+        raise ValueError(
+            "this DDP model uses DDP's Python reducer (torch._dynamo.config.optimize_ddp = "
+            "'python_reducer', for compiled autograd), which calls comm hooks per parameter; "
+            "gradcomp needs DDP's C++ reducer: use optimize_ddp='ddp_optimizer' (the default) "
+            "and do not enable compiled autograd"
+        )
+
+
 def _check_overrides(
     config: CompressorConfig,
     overrides: dict[str, CompressorConfig],
@@ -742,6 +789,11 @@ def register(
             (needs log_every).
         **options: compressor options, e.g. ``ratio=0.01``.
     """
+    if not isinstance(model, DistributedDataParallel):
+        raise TypeError(
+            "gradcomp expects a torch.nn.parallel.DistributedDataParallel model, got "
+            f"{type(model).__name__}; wrap it first: model = DistributedDataParallel(model)"
+        )
     state = HookState.for_model(
         model,
         compressor,

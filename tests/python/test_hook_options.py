@@ -208,3 +208,40 @@ def test_resume_at_another_world_size(tmp_path: Path) -> None:
 
         gc.collect()
         dist.destroy_process_group()
+
+
+def test_state_built_before_ddp_wraps_the_module(single_rank_group: None) -> None:
+    """Frameworks that create the hook state first (Lightning's ddp_comm_state) can pass the
+    plain module: DDP keeps the same parameter objects."""
+    module = _model()
+    state = gradcomp.HookState.for_model(module, "topk", ratio=0.1, min_numel=0)
+    ddp = DistributedDataParallel(module)
+    ddp.register_comm_hook(state, gradcomp.comm_hook)
+    _step(ddp)
+    assert state.stats()["steps"] == 1 and "0.weight" in state.residuals()
+    with pytest.raises(TypeError, match="got int"):
+        gradcomp.HookState.for_model(3, "topk")
+
+
+def test_checkpoint_names_from_a_compiled_model_map_and_unknown_ones_warn(
+    single_rank_group: None,
+) -> None:
+    ddp = DistributedDataParallel(_model())
+    state = gradcomp.register(ddp, "topk", ratio=0.1, min_numel=0)
+    _step(ddp)
+    saved = state.state_dict()
+    part = torch.load(io.BytesIO(saved["ranks"]["rank0"]), weights_only=True)
+    residuals = part["residuals"]
+    # As a run under DDP(torch.compile(model)) would have named them before this release,
+    # plus one name this model does not have.
+    part["residuals"] = {f"_orig_mod.{n}": t for n, t in residuals.items()}
+    part["residuals"]["gone.weight"] = torch.zeros(3)
+    buffer = io.BytesIO()
+    torch.save(part, buffer)
+    saved["ranks"]["rank0"] = buffer.getvalue()
+    fresh = gradcomp.register(DistributedDataParallel(_model()), "topk", ratio=0.1, min_numel=0)
+    with pytest.warns(UserWarning, match="1 name\\(s\\) that are not parameters.*gone.weight"):
+        fresh.load_state_dict(saved)
+    assert sorted(fresh.residuals()) == sorted(residuals)
+    for name, tensor in residuals.items():
+        assert torch.equal(fresh.residuals()[name], tensor)
