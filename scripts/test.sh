@@ -18,6 +18,9 @@ fi
 echo "== C++ tests (ctest; CUDA tests skip without a GPU)"
 ctest --test-dir build/cmake --output-on-failure
 
+echo "== sanitizers: C++ tests and the decoder fuzzer under ASan + UBSan (scripts/sanitize.sh)"
+bash scripts/sanitize.sh
+
 echo "== Python tests (pytest)"
 python3 -m pytest tests/python -q -p no:cacheprovider
 

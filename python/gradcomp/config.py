@@ -116,6 +116,11 @@ class Threshold(CompressorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.tau >= 0:  # options() would drop a negative tau silently
+            raise ValueError(
+                f"threshold: tau={self.tau} is out of range; valid: tau > 0 (fixed), or 0 to "
+                "adapt to density"
+            )
         if self.tau > 0 and self.density != 0.01:
             raise ValueError(
                 f"threshold: give tau (a fixed threshold) or density (a target fraction), not "

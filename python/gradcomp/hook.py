@@ -123,6 +123,11 @@ class HookState:
                 self._methods.append(override)
         _check_overrides(config, self.overrides, param_numels)
         self._method_objects = [m.build() for m in self._methods]
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise TypeError(
+                "process_group must be a torch.distributed.ProcessGroup (e.g. from "
+                f"dist.new_group) or None for the world, got {type(process_group).__name__}"
+            )
         group = process_group if process_group is not None else dist.group.WORLD
         if group is None:  # initialized, yet no world group: not expected, but say so clearly
             raise RuntimeError("torch.distributed has no default process group")
@@ -206,6 +211,7 @@ class HookState:
         for raw_name, param in module.named_parameters():
             name = canonical_name(raw_name)
             _check_device(name, param.device)
+            _check_dtype(name, param.dtype)
             names[id(param)] = name
             numels[name] = param.numel()
         if overrides is not None and not isinstance(overrides, Mapping):
@@ -269,6 +275,8 @@ class HookState:
                     "model given to register()"
                 )
             numel = grad.numel()
+            if numel == 0:  # an empty parameter has nothing to send
+                continue
             offset = (grad.data_ptr() - base) // item
             rows = param.shape[0] if param.dim() >= 2 else 0
             method = self.method_for(name)
@@ -277,6 +285,9 @@ class HookState:
             compress = method is not None and (overridden or numel >= self.min_numel)
             index = self._methods.index(method) if method is not None else 0
             entries.append((name, offset, numel, compress, rows, index))
+        if not entries:
+            self._codecs[bucket.index()] = (key, None)
+            return None
         residuals = self._residuals if self.error_feedback else None
         codec: Any
         if self.low_rank:
@@ -560,6 +571,12 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
         return state._then(bucket.index(), fut, finish_dense, work)
 
     codec = state._codec_for(bucket)
+    if codec is None:  # only empty parameters: nothing to send on any rank
+        state._end_issue(record, 0, 0, bucket.is_last())
+        state._finish_bucket(record, 0.0)
+        done: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        done.set_result(buffer)
+        return done
     if state.low_rank:
         return _powersgd_exchange(state, bucket, codec, record)
     step = state.step  # _end_issue() below advances it after the last bucket
@@ -743,6 +760,19 @@ def _check_overrides(
                 f"override pattern {pattern!r} matches no parameter (fnmatch syntax, matched "
                 f"against full names); parameters: {shown}"
             )
+
+
+_GRADIENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_dtype(name: str, dtype: torch.dtype) -> None:
+    """Residuals, payloads and the dense channel are float32: wider or complex gradients would
+    lose precision or meaning, so they are refused rather than silently rounded."""
+    if dtype not in _GRADIENT_DTYPES:
+        raise TypeError(
+            f"parameter {name!r} is {dtype}; gradcomp compresses float32, bfloat16 and float16 "
+            "gradients (keep such parameters out of the DDP model, or convert them)"
+        )
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -113,3 +113,101 @@ def test_soak_no_growth_and_no_drift(tmp_path: Path) -> None:
         assert all(s["pending"] <= first["in_flight"] for s in samples)
         assert max(s["drift"] for s in samples) < 1e-5, [s["drift"] for s in samples]
         assert result["stats"]["steps"] == 3000
+
+
+# -- configuration and unusual parameters (one rank) ---------------------------------------
+
+_BAD_OPTIONS = [
+    ({"compressor": "topk", "ratio": "0.1"}, TypeError, "TopK.ratio must be a number, got str"),
+    ({"compressor": "topk", "ratio": float("nan")}, ValueError, "ratio=nan is out of range"),
+    ({"compressor": "randomk", "ratio": 0.0}, ValueError, "ratio=0 is out of range"),
+    ({"compressor": "qsgd", "bits": 3}, ValueError, "bits=3 is not allowed; valid: bits in"),
+    ({"compressor": "qsgd", "chunk": 7}, ValueError, "chunk=7 is out of range; valid"),
+    ({"compressor": "sign", "chunk": 0}, ValueError, "chunk=0 is out of range"),
+    ({"compressor": "powersgd", "rank": 0}, ValueError, "rank=0 is out of range"),
+    ({"compressor": "threshold", "tau": -1.0}, ValueError, "tau=-1.0 is out of range"),
+    ({"compressor": "threshold", "density": 2.0}, ValueError, "density=2 is out of range"),
+    ({"compressor": "threshold", "tau": 1.0, "density": 0.1}, ValueError, "not both"),
+    ({"compressor": "topk", "ratioo": 0.1}, ValueError, "unknown option\\(s\\) \\['ratioo'\\]"),
+    ({"compressor": "topkk"}, ValueError, "unknown compressor 'topkk'; valid names"),
+    ({"compressor": 3}, TypeError, "compressor spec must be a str, got int"),
+    ({"compressor": "topk", "seed": -1}, ValueError, "seed=-1 is out of range"),
+    ({"compressor": "topk", "seed": 1.5}, TypeError, "seed must be an int, got float"),
+    ({"compressor": "topk", "min_numel": "3"}, TypeError, "min_numel must be an int, got str"),
+    ({"compressor": "topk", "start_iter": -2}, ValueError, "start_iter=-2 is out of range"),
+    ({"compressor": "topk", "log_every": True}, TypeError, "log_every must be an int, got bool"),
+    ({"compressor": "topk", "error_feedback": "yes"}, TypeError, "error_feedback must be a bool"),
+    ({"compressor": "topk", "process_group": "world"}, TypeError, "process_group must be a"),
+    ({"compressor": "topk", "grad_scaler": 1.0}, TypeError, "grad_scaler must be a"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), _BAD_OPTIONS)
+def test_every_bad_option_is_refused_at_register(
+    single_rank_group: None, kwargs, error, match
+) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    import gradcomp
+
+    with pytest.raises(error, match=match):
+        gradcomp.register(DistributedDataParallel(torch.nn.Linear(8, 8)), **kwargs)
+
+
+def test_unsupported_parameter_dtypes_are_refused(single_rank_group: None) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    import gradcomp
+
+    ddp = DistributedDataParallel(torch.nn.Linear(8, 8).double())
+    with pytest.raises(TypeError, match="'weight' is torch.float64; gradcomp compresses float32"):
+        gradcomp.register(ddp, "topk")
+
+
+class _WithEmpty(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(64, 64))
+        self.empty = torch.nn.Parameter(torch.empty(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w + self.empty.sum()
+
+
+@pytest.mark.parametrize("bucket_cap_mb", [25.0, 0.0])  # 0: the empty one in a bucket alone
+def test_empty_parameters_are_skipped(single_rank_group: None, bucket_cap_mb: float) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    import gradcomp
+
+    ddp = DistributedDataParallel(_WithEmpty(), bucket_cap_mb=bucket_cap_mb)
+    state = gradcomp.register(ddp, "topk", ratio=0.1, min_numel=0)
+    for _ in range(3):
+        ddp(torch.randn(4, 64)).sum().backward()
+    assert state.stats()["steps"] == 3 and set(state.residuals()) == {"w"}
+
+
+def test_channels_last_parameters_match_plain_ddp(single_rank_group: None) -> None:
+    """Parameters whose gradients are not contiguous in the default layout: the hook works on
+    DDP's flat bucket, so lossless settings still reproduce plain DDP exactly."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    import gradcomp
+
+    results = []
+    for spec in (None, "topk:ratio=1.0"):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(3, 16, 3).to(memory_format=torch.channels_last)
+        ddp = DistributedDataParallel(conv)
+        if spec:
+            gradcomp.register(ddp, spec, min_numel=0)
+        opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+        for step in range(3):
+            x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+            opt.zero_grad()
+            ddp(x.to(memory_format=torch.channels_last)).square().mean().backward()
+            opt.step()
+        assert not conv.weight.grad.is_contiguous()
+        results.append([p.detach().clone() for p in conv.parameters()])
+    for plain, hooked in zip(*results, strict=True):
+        assert torch.equal(plain, hooked)

@@ -2,7 +2,7 @@
 // decode or throw a c10::Error, never read or write outside its tensors (built with ASan and
 // UBSan in CI, which turn such an access into a failure) and never hang (ctest's timeout).
 //
-//   gradcomp_decoder_fuzz [--seconds S] [--seed N]
+//   gradcomp_decoder_fuzz [--seconds S] [--seed N]     (the seed is new each run unless given)
 //
 // Inputs, per iteration, for a random method and tensor size: a real payload with random bytes
 // overwritten, a real payload cut short or extended with random bytes, or random bytes of a
@@ -185,7 +185,9 @@ class Fuzzer {
 
 int main(int argc, char** argv) {
   double seconds = 10.0;
-  uint64_t seed = 1;
+  // A new seed every run (printed, so a failure reproduces with --seed).
+  uint64_t seed = static_cast<uint64_t>(
+      std::chrono::system_clock::now().time_since_epoch().count() & 0x7fffffffffffffffLL);
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--seconds") {
@@ -198,6 +200,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  std::printf("decoder fuzz: seed %llu, %.0f s\n", static_cast<unsigned long long>(seed), seconds);
+  std::fflush(stdout);
   at::manual_seed(static_cast<uint64_t>(seed));
   Fuzzer fuzzer(seed);
   const auto all = methods();
