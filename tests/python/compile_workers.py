@@ -19,6 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import gradcomp
 
+import ddp_workers
+
 STEPS = 30
 # 1 MiB: DDPOptimizer asserts that DDP's first bucket (1 MiB by default) is no larger than the
 # others, so a smaller bucket_cap_mb fails at the first compiled forward.
@@ -44,19 +46,6 @@ class CompileNet(torch.nn.Module):
         x = torch.relu(self.fc1(x))
         x = torch.relu(self.fc2(x))
         return self.head(torch.relu(self.fc3(x)))
-
-
-def _init(rank: int, world_size: int, port: int) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
-
-
-def _shutdown() -> None:
-    """Drop every DDP model and hook state, then the group (see ddp_workers._shutdown)."""
-    gc.collect()
-    dist.destroy_process_group()
 
 
 def _batches(rank: int, steps: int, batch: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -134,7 +123,7 @@ def compiled_training(
 ) -> None:
     """Eager DDP + gradcomp, then the same under torch.compile in the given order; both Top-K
     1% from the same initial weights and data."""
-    _init(rank, world_size, port)
+    ddp_workers._init(rank, world_size, port)
     result: dict[str, Any] = {"order": order, "backend": backend}
 
     torch.manual_seed(0)
@@ -185,7 +174,7 @@ def compiled_training(
     )
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     del model, ddp, step, state, recorder
-    _shutdown()
+    ddp_workers._shutdown()
 
 
 def compiled_autograd_attempt(
@@ -199,7 +188,7 @@ def compiled_autograd_attempt(
     cannot take: register() refuses such a DDP model. Both ranks fail at the same point,
     before any collective."""
     torch._dynamo.config.optimize_ddp = optimize_ddp
-    _init(rank, world_size, port)
+    ddp_workers._init(rank, world_size, port)
     torch.manual_seed(0)
     model = CompileNet()
     ddp = DistributedDataParallel(model, bucket_cap_mb=BUCKET_CAP_MB)
@@ -220,4 +209,4 @@ def compiled_autograd_attempt(
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     del model, ddp, step, state
-    _shutdown()
+    ddp_workers._shutdown()

@@ -20,18 +20,6 @@ import gradcomp
 import ddp_workers
 
 
-def _init(rank: int, world_size: int, port: int) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
-
-
-def _shutdown() -> None:
-    gc.collect()
-    dist.destroy_process_group()
-
-
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().clone() for n, p in model.named_parameters()}
 
@@ -82,7 +70,7 @@ def _train_with_options(
 def ddp_options(rank: int, world_size: int, port: int, out_dir: str, option: str) -> None:
     """Plain DDP, gradcomp lossless (Top-K ratio 1) and gradcomp Top-K 1% under one DDP
     option; the first two must agree bit for bit."""
-    _init(rank, world_size, port)
+    ddp_workers._init(rank, world_size, port)
     out = {}
     out["plain"], _, _ = _train_with_options(option, None, rank, steps=6)
     out["lossless"], _, _ = _train_with_options(option, "topk:ratio=1.0", rank, steps=6)
@@ -90,12 +78,12 @@ def ddp_options(rank: int, world_size: int, port: int, out_dir: str, option: str
         option, "topk:ratio=0.01", rank, steps=120
     )
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    _shutdown()
+    ddp_workers._shutdown()
 
 
 def two_models(rank: int, world_size: int, port: int, out_dir: str) -> None:
     """Two DDP models in one program, each with its own hook and process group."""
-    _init(rank, world_size, port)
+    ddp_workers._init(rank, world_size, port)
     second_group = dist.new_group(list(range(world_size)))
     torch.manual_seed(0)
     a, b = (
@@ -125,7 +113,7 @@ def two_models(rank: int, world_size: int, port: int, out_dir: str) -> None:
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     del ddp_a, ddp_b, state_a, state_b
-    _shutdown()
+    ddp_workers._shutdown()
 
 
 # -- mixed precision ---------------------------------------------------------------------------
@@ -171,7 +159,7 @@ def grad_scaler_units(rank: int, world_size: int, port: int, out_dir: str, spec:
     """A power-of-two GradScaler whose scale grows every 3 steps scales gradients exactly, so a
     hook that follows the scale must match the unscaled run bit for bit; one that does not
     follow it keeps residuals in stale units."""
-    _init(rank, world_size, port)
+    ddp_workers._init(rank, world_size, port)
 
     def scaler() -> torch.amp.GradScaler:
         return torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_factor=2.0, growth_interval=3)
@@ -184,13 +172,13 @@ def grad_scaler_units(rank: int, world_size: int, port: int, out_dir: str, spec:
     out["stats"] = state.stats()
     out["ignored"], _, _ = _scaler_run(rank, 20, scaler(), False, spec)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    _shutdown()
+    ddp_workers._shutdown()
 
 
 def forced_overflow(rank: int, world_size: int, port: int, out_dir: str, spec: str) -> None:
     """bf16 autocast + GradScaler; at step 5 rank 1's input holds an inf. Records, per step,
     the parameters and residuals around the bad step and the scale."""
-    _init(rank, world_size, port)
+    ddp_workers._init(rank, world_size, port)
     bad_step = 5
     record: dict[str, Any] = {"scales": []}
 
@@ -230,14 +218,14 @@ def forced_overflow(rank: int, world_size: int, port: int, out_dir: str, spec: s
         params=params, losses=losses, stats=state.stats(), replay=replay, bad_step=bad_step
     )
     torch.save(record, os.path.join(out_dir, f"rank{rank}.pt"))
-    _shutdown()
+    ddp_workers._shutdown()
 
 
 def low_precision_model(
     rank: int, world_size: int, port: int, out_dir: str, dtype_name: str
 ) -> None:
     """A bf16 (or fp16) model: the buckets are bf16; residuals stay fp32."""
-    _init(rank, world_size, port)
+    ddp_workers._init(rank, world_size, port)
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -264,7 +252,7 @@ def low_precision_model(
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     del ddp, state
-    _shutdown()
+    ddp_workers._shutdown()
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -289,7 +277,7 @@ def _steps(ddp: DistributedDataParallel, opt: Any, batches: list) -> None:
 def resume(rank: int, world_size: int, port: int, out_dir: str, spec: str, how: str) -> None:
     """Uninterrupted 12 steps vs 6 steps, checkpoint (torch.save per rank, or DCP), a fresh
     model / optimizer / hook loading it, 6 more steps."""
-    _init(rank, world_size, port)
+    ddp_workers._init(rank, world_size, port)
     batches = ddp_workers._batches(rank, 12)
     model, ddp, opt, state = _make(spec)
     _steps(ddp, opt, batches)
@@ -347,4 +335,4 @@ def resume(rank: int, world_size: int, port: int, out_dir: str, spec: str, how: 
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     del model, ddp, opt, state
-    _shutdown()
+    ddp_workers._shutdown()
