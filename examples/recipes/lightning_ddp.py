@@ -16,11 +16,18 @@ Why a Callback rather than ``DDPStrategy(ddp_comm_hook=..., ddp_comm_state=...)`
 ``Callback.on_fit_start`` runs after ``strategy.setup`` has wrapped the model in DDP and
 before the first training step, so registering there works on CPU and CUDA alike and uses
 only public Lightning API.
+
+Checkpoints: Lightning writes one file, from rank 0. The callback stores
+``state.gathered_state_dict()`` (every rank's residuals) in it and, on resume, each rank
+loads its own part:
+
+    python examples/recipes/lightning_ddp.py --resume-at 30   # fit 30 steps, save, resume
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from typing import Any
@@ -48,6 +55,22 @@ class GradcompCallback(L.Callback):
         self.compressor = compressor
         self.options = options
         self.state: gradcomp.HookState | None = None
+        self._restore: dict[str, Any] | None = None  # from a checkpoint, until fit starts
+        self.loaded_digest = ""  # of the residuals a resume loaded (the recipe's test checks it)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Runs on every rank (Lightning writes the file from rank 0 only), so every rank's
+        # part can be gathered into the one checkpoint.
+        if self.state is not None:
+            checkpoint["gradcomp"] = self.state.gathered_state_dict()
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning restores callbacks before it wraps the model in DDP: keep it for fit start.
+        self._restore = checkpoint.get("gradcomp")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = trainer.strategy.model
@@ -61,6 +84,10 @@ class GradcompCallback(L.Callback):
         # Register before the first backward; fit() wraps the model in a new DDP each time,
         # so this runs once per fit (tested: one fit per Trainer).
         self.state = gradcomp.register(model, self.compressor, **self.options)
+        if self._restore is not None:
+            self.state.load_state_dict(self._restore)  # this rank's part
+            self._restore = None
+            self.loaded_digest = residual_digest(self.state)
 
 
 class LitClassifier(L.LightningModule):
@@ -82,11 +109,39 @@ class LitClassifier(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
+def residual_digest(state: gradcomp.HookState) -> str:
+    """A SHA-256 of this rank's residuals, to compare a checkpoint with what a resume loaded."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.residuals().items()):
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def make_trainer(steps: int, callback: GradcompCallback) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(process_group_backend="gloo"),
+        max_steps=steps,
+        callbacks=[callback],
+        # Keep the example quiet and self-contained: no logs or automatic checkpoints.
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compressor", default="topk:ratio=0.01")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument(
+        "--resume-at", type=int, default=0, help="fit this many steps, checkpoint, resume"
+    )
+    parser.add_argument("--checkpoint", default="gradcomp-lightning.ckpt")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # two processes on two cores
@@ -96,20 +151,17 @@ def main() -> int:
     loader = torch.utils.data.DataLoader(
         synthetic_dataset(2 * BATCH * args.steps, seed=1), batch_size=BATCH, shuffle=True
     )
+    extra: dict[str, Any] = {}
+    if args.resume_at:
+        first = GradcompCallback(args.compressor)
+        trainer = make_trainer(args.resume_at, first)
+        trainer.fit(module, loader)
+        trainer.save_checkpoint(args.checkpoint)  # every rank calls it; rank 0 writes
+        assert first.state is not None
+        extra = {"saved_step": first.state.step, "saved_digest": residual_digest(first.state)}
     callback = GradcompCallback(args.compressor)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=DDPStrategy(process_group_backend="gloo"),
-        max_steps=args.steps,
-        callbacks=[callback],
-        # Keep the example quiet and self-contained: no logs or checkpoints written.
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, loader)
+    trainer = make_trainer(args.steps, callback)
+    trainer.fit(module, loader, ckpt_path=args.checkpoint if args.resume_at else None)
 
     assert callback.state is not None
     window = min(10, len(module.losses))
@@ -122,6 +174,8 @@ def main() -> int:
         losses_first=sum(module.losses[:window]) / window,
         losses_last=sum(module.losses[-window:]) / window,
         param_digest=param_digest(module),
+        **extra,
+        **({"loaded_digest": callback.loaded_digest} if args.resume_at else {}),
     )
     return 0
 

@@ -452,6 +452,16 @@ class HookState:
             "ranks": {f"rank{self.rank}": buffer.getvalue()},
         }
 
+    def gathered_state_dict(self) -> dict[str, Any]:
+        """:meth:`state_dict` holding every rank's part, returned on every rank (one
+        all_gather_object; every rank must call it). For frameworks that write one checkpoint
+        from rank 0 (PyTorch Lightning, Hugging Face Trainer): each rank's
+        :meth:`load_state_dict` of the same dict picks its own part."""
+        mine = self.state_dict()
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, mine["ranks"], group=self.process_group)
+        return {**mine, "ranks": {key: blob for part in parts for key, blob in part.items()}}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a state from :meth:`state_dict`.
 

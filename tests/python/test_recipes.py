@@ -152,6 +152,22 @@ def test_lightning_ddp_strategy_with_callback(tmp_path: Path) -> None:
     assert all(r["global_step"] == 60 for r in results)
 
 
+def test_lightning_checkpoint_keeps_every_ranks_residuals(tmp_path: Path) -> None:
+    """Lightning writes one checkpoint from rank 0; the callback puts every rank's hook state
+    in it (gathered_state_dict) and each rank loads its own part on resume."""
+    _needs("lightning")
+    ckpt = tmp_path / "resume.ckpt"
+    cmd = [sys.executable, str(RECIPES / "lightning_ddp.py"), "--resume-at", "30"]
+    out = _finish(_start([*cmd, "--checkpoint", str(ckpt)], tmp_path), TIMEOUT)
+    results = _results(out)
+    _check(results, "lightning_ddp", steps=60, output=out)
+    assert ckpt.exists()
+    for r in results:
+        assert r["global_step"] == 60 and r["saved_step"] == 30
+        assert r["loaded_digest"] == r["saved_digest"], r["rank"]  # its own residuals came back
+    assert results[0]["saved_digest"] != results[1]["saved_digest"]  # they are per rank
+
+
 @pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
 def test_accelerate_after_prepare(tmp_path: Path, launcher: str) -> None:
     _needs("accelerate")

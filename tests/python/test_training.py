@@ -120,6 +120,18 @@ def test_low_precision_model_trains_with_fp32_residuals(tmp_path: Path, dtype: s
 )
 def test_resume_from_checkpoint_is_bit_identical(tmp_path: Path, spec: str, how: str) -> None:
     ranks = _spawn(training_workers.resume, 2, tmp_path, spec, how)
+    _check_resumed(ranks, spec, how)
+
+
+@pytest.mark.parametrize("spec", ["topk:ratio=0.01", "powersgd"])
+def test_resume_from_one_rank0_checkpoint(tmp_path: Path, spec: str) -> None:
+    """gathered_state_dict(): rank 0 writes one file with every rank's hook state (as
+    Lightning does); every rank loads it and picks its own part."""
+    ranks = _spawn(training_workers.resume, 2, tmp_path, spec, "rank0")
+    _check_resumed(ranks, spec, "rank0")
+
+
+def _check_resumed(ranks: list[dict], spec: str, how: str) -> None:
     for result in ranks:
         assert result["saved_step"] == result["resumed_step"] == 6
         assert result["steps"] == 12

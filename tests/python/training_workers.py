@@ -275,8 +275,9 @@ def _steps(ddp: DistributedDataParallel, opt: Any, batches: list) -> None:
 
 
 def resume(rank: int, world_size: int, port: int, out_dir: str, spec: str, how: str) -> None:
-    """Uninterrupted 12 steps vs 6 steps, checkpoint (torch.save per rank, or DCP), a fresh
-    model / optimizer / hook loading it, 6 more steps."""
+    """Uninterrupted 12 steps vs 6 steps, a checkpoint (torch.save per rank, DCP, or one rank-0
+    file holding gathered_state_dict()), a fresh model / optimizer / hook loading it, 6 more
+    steps."""
     ddp_workers._init(rank, world_size, port)
     batches = ddp_workers._batches(rank, 12)
     model, ddp, opt, state = _make(spec)
@@ -292,6 +293,15 @@ def resume(rank: int, world_size: int, port: int, out_dir: str, spec: str, how: 
             {"model": model.state_dict(), "optim": opt.state_dict(), "hook": state.state_dict()},
             f"{checkpoint}-rank{rank}.pt",
         )
+    elif how == "rank0":  # one file from rank 0, as Lightning writes it (model, optimizer and
+        # every rank's hook state; SGD's momentum is the same on every rank)
+        hook = state.gathered_state_dict()
+        if rank == 0:
+            torch.save(
+                {"model": model.state_dict(), "optim": opt.state_dict(), "hook": hook},
+                f"{checkpoint}.pt",
+            )
+        dist.barrier()
     else:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -306,8 +316,9 @@ def resume(rank: int, world_size: int, port: int, out_dir: str, spec: str, how: 
     gc.collect()
 
     model, ddp, opt, state = _make(spec)
-    if how == "torch.save":
-        loaded = torch.load(f"{checkpoint}-rank{rank}.pt", weights_only=True)
+    if how in ("torch.save", "rank0"):
+        path = f"{checkpoint}-rank{rank}.pt" if how == "torch.save" else f"{checkpoint}.pt"
+        loaded = torch.load(path, weights_only=True)
         model.load_state_dict(loaded["model"])
         opt.load_state_dict(loaded["optim"])
         state.load_state_dict(loaded["hook"])
