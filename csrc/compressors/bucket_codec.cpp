@@ -22,10 +22,6 @@ int64_t align_up(int64_t value, int64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
 }
 
-double squared_sum(const at::Tensor& values) {
-  return values.to(at::kDouble).square().sum().item<double>();
-}
-
 }  // namespace
 
 uint64_t parameter_key(const std::string& name) {
@@ -55,6 +51,10 @@ void check_bucket_tensor(const at::Tensor& bucket, int64_t extent) {
                     " elements but its layout needs ", extent);
   TORCH_CHECK_TYPE(at::isFloatingType(bucket.scalar_type()),
                    "gradient bucket must be floating point, got ", bucket.scalar_type());
+}
+
+double squared_sum(const at::Tensor& values) {
+  return values.to(at::kDouble).square().sum().item<double>();
 }
 
 bool all_finite(const at::Tensor& values) {

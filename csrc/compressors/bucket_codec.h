@@ -67,6 +67,8 @@ void check_bucket_tensor(const at::Tensor& bucket, int64_t extent);
 // True when every element is finite. One sum in the common case (a sum is finite only if every
 // term is); the exact test only when the sum overflowed. Waits for the device on CUDA.
 bool all_finite(const at::Tensor& values);
+// sum(values^2), accumulated in double (the codecs' measure=true norms). Waits on CUDA.
+double squared_sum(const at::Tensor& values);
 
 struct Channel {
   Collective collective;

@@ -133,14 +133,16 @@ at::Tensor PowerSgdCodec::encode_first(const at::Tensor& bucket, bool measure) {
   skipped_ = !all_finite(bucket.narrow(0, 0, bucket_extent_));
   measuring_ = measure && !skipped_;
   measured_ = {};
-  auto first = at::zeros({first_numel_}, bucket.options().dtype(at::kFloat));
-  if (skipped_) first.narrow(0, 0, 1).fill_(1);
+  // Every slot is written below unless this rank skips, which sends zeros and the flag.
+  const auto options = bucket.options().dtype(at::kFloat);
+  auto first = skipped_ ? at::zeros({first_numel_}, options) : at::empty({first_numel_}, options);
+  first.narrow(0, 0, 1).fill_(skipped_ ? 1 : 0);
   for (size_t i = 0; i < placements_.size(); ++i) {
     const auto& p = placements_[i];
     const auto grad = bucket.narrow(0, p.entry.offset, p.entry.numel);
     if (p.rank == 0) {
       if (!skipped_) first.narrow(0, p.first_offset, p.entry.numel).copy_(grad);
-      if (measuring_) measured_.input_sq += grad.to(at::kDouble).square().sum().item<double>();
+      if (measuring_) measured_.input_sq += squared_sum(grad);
       matrices_[i] = at::Tensor();
       continue;
     }
@@ -153,7 +155,7 @@ at::Tensor PowerSgdCodec::encode_first(const at::Tensor& bucket, bool measure) {
     } else {
       m = grad.scalar_type() == at::kFloat ? grad : grad.to(at::kFloat);
     }
-    if (measuring_) measured_.input_sq += m.to(at::kDouble).square().sum().item<double>();
+    if (measuring_) measured_.input_sq += squared_sum(m);
     matrices_[i] = m.view({p.rows, p.cols});
     auto out = first.narrow(0, p.first_offset, p.rows * p.rank).view({p.rows, p.rank});
     at::mm_out(out, matrices_[i], warm_q(i, bucket.device()));
@@ -210,12 +212,9 @@ at::Tensor PowerSgdCodec::encode_second(const at::Tensor& first) {
     if (p.residual_slot >= 0 && !skipped_) {
       // What this rank's own gradient loses in the projection stays for the next step.
       matrices_[i].sub_(at::mm(P, q.t()));
-      if (measuring_) {
-        measured_.error_sq += matrices_[i].to(at::kDouble).square().sum().item<double>();
-      }
+      if (measuring_) measured_.error_sq += squared_sum(matrices_[i]);
     } else if (measuring_) {
-      measured_.error_sq +=
-          at::sub(matrices_[i], at::mm(P, q.t())).to(at::kDouble).square().sum().item<double>();
+      measured_.error_sq += squared_sum(at::sub(matrices_[i], at::mm(P, q.t())));
     }
   }
   return second;
