@@ -490,7 +490,7 @@ class HookState:
                 "counters": None,
             }
         else:
-            saved = {c: s for c, s in state.get("overrides", {}).items()}
+            saved = dict(state.get("overrides", {}))
             mine = {p: c.spec for p, c in self.overrides.items()}
             if saved != mine:
                 warnings.warn(
@@ -528,8 +528,7 @@ class HookState:
         self.step = int(state["step"])
         self._record = None
         if version != _STATE_VERSION:
-            counters = state["counters"]
-            self.telemetry.load({"totals": {k: counters[k] for k in counters}})
+            self.telemetry.load({"totals": dict(state["counters"])})
         elif part is not None and part["counters"] is not None:
             self.telemetry.load(part["counters"])
 
