@@ -14,8 +14,12 @@ Q = M^T P and the residual; decompress = P Q^T. Median of --repeat timed runs af
 warm-up; on CUDA every run ends with a device synchronize. JSON records: compressor, device,
 numel, ratio, threads, *_ms medians, *_vs_copy ratios, torch_topk_ms and
 speedup_vs_torch_topk (Top-K family), wire_bytes and dense_bytes; codec_encode_ms (the hook's
-whole per-bucket encode: non-finite check, message, compensate+compress+residual) and
-finite_check_ms (that check alone), per-tensor methods only.
+whole per-bucket encode: non-finite check, message, compensate+compress+residual; on CUDA the
+bucket-level device path), codec_encode_50_entries_ms (the same elements as 50 parameters of
+one bucket: what the per-parameter cost is) and finite_check_ms (that check alone), per-tensor
+methods only. On CUDA also cuda_graph_encode_ms: the codec's encode captured once in a CUDA
+graph and replayed (or cuda_graph_error), to measure what graphs would save; the hook does not
+use them.
 """
 
 from __future__ import annotations
@@ -99,6 +103,24 @@ def bench_powersgd(
     }
 
 
+def bench_cuda_graph(codec: _C.BucketCodec, grad: torch.Tensor, repeat: int) -> dict:
+    """The codec's encode captured in a CUDA graph, replayed."""
+    try:
+        codec.encode(grad, 1)  # tables and workspaces are built outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="relaxed"):
+            codec.encode(grad, 1)
+        return {"cuda_graph_encode_ms": median_ms(graph.replay, repeat, "cuda")}
+    except Exception as error:  # a measurement, not a feature: say why it could not run
+        return {"cuda_graph_error": f"{type(error).__name__}: {error}"}
+
+
+def split_entries(numel: int, parts: int) -> list[tuple[str, int, int, bool, int]]:
+    """numel elements as `parts` parameters of one bucket (sizes differing by at most one)."""
+    bounds = [numel * i // parts for i in range(parts + 1)]
+    return [(f"p{i}", bounds[i], bounds[i + 1] - bounds[i], True, 0) for i in range(parts)]
+
+
 def bench(spec: str, numel: int, repeat: int, device: str = "cpu") -> dict:
     x = torch.randn(numel, generator=torch.Generator().manual_seed(0)).to(device)
     grad = torch.randn(numel, generator=torch.Generator().manual_seed(1)).to(device)
@@ -126,7 +148,14 @@ def bench(spec: str, numel: int, repeat: int, device: str = "cpu") -> dict:
         # the same compensate+compress+residual.
         codec = _C.BucketCodec(method, [("x", 0, numel, True, 0)], _C.ErrorFeedback(), 0)
         timed["codec_encode_ms"] = median_ms(lambda: codec.encode(grad, 1), repeat, device)
+        if numel >= 50:
+            split = _C.BucketCodec(method, split_entries(numel, 50), _C.ErrorFeedback(), 0)
+            timed["codec_encode_50_entries_ms"] = median_ms(
+                lambda: split.encode(grad, 1), repeat, device
+            )
         timed["finite_check_ms"] = median_ms(lambda: _C.all_finite(grad), repeat, device)
+        if device == "cuda" and not method.variable_size:
+            timed.update(bench_cuda_graph(codec, grad, repeat))
         if name in TOPK_FAMILY:
             k = max(1, min(numel, math.ceil(options.get("ratio", 0.01) * numel)))
 
@@ -146,7 +175,14 @@ def bench(spec: str, numel: int, repeat: int, device: str = "cpu") -> dict:
         **timed,
         "dense_bytes": 4 * numel,
     }
-    for key in ("compress", "decompress", "compensate_compress_residual", "codec_encode"):
+    for key in (
+        "compress",
+        "decompress",
+        "compensate_compress_residual",
+        "codec_encode",
+        "codec_encode_50_entries",
+        "cuda_graph_encode",
+    ):
         if f"{key}_ms" in record:
             record[f"{key}_vs_copy"] = record[f"{key}_ms"] / copy_ms
     record["wire_vs_dense"] = record["wire_bytes"] / record["dense_bytes"]
@@ -216,18 +252,34 @@ def markdown(records: list[dict]) -> str:
             f"#### {numel:,} float32 on {rows[0]['device']} (copy: median {copy:.2f} ms)",
             "",
             "| method | compress ms (x copy) | decompress ms (x copy) | "
-            "compensate+compress+residual ms (x copy) | torch.topk ms (gradcomp faster by) | "
-            "wire / dense |",
-            "|---|---|---|---|---|---|",
+            "compensate+compress+residual ms (x copy) | bucket encode ms (x copy) | "
+            "as 50 entries ms (x copy) | torch.topk ms (gradcomp faster by) | wire / dense |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             cells = [f"`{r['compressor']}`"]
-            for key in ("compress", "decompress", "compensate_compress_residual"):
-                cells.append(f"{r[key + '_ms']:.2f} ({r[key + '_vs_copy']:.2f}x)")
+            for key in (
+                "compress",
+                "decompress",
+                "compensate_compress_residual",
+                "codec_encode",
+                "codec_encode_50_entries",
+            ):
+                ms = r.get(key + "_ms")
+                cells.append("" if ms is None else f"{ms:.2f} ({r[key + '_vs_copy']:.2f}x)")
             topk = r.get("torch_topk_ms")
             cells.append("" if topk is None else f"{topk:.2f} ({r['speedup_vs_torch_topk']:.1f}x)")
             cells.append(f"{r['wire_vs_dense']:.4f}")
             lines.append("| " + " | ".join(cells) + " |")
+        graphs = [r for r in rows if "cuda_graph_encode_ms" in r or "cuda_graph_error" in r]
+        if graphs:
+            lines += ["", "Bucket encode replayed from a CUDA graph (vs launched directly):", ""]
+            for r in graphs:
+                if "cuda_graph_encode_ms" in r:
+                    shown = f"{r['cuda_graph_encode_ms']:.3f} ms vs {r['codec_encode_ms']:.3f} ms"
+                else:
+                    shown = f"not capturable: {r['cuda_graph_error']}"
+                lines.append(f"- `{r['compressor']}`: {shown}")
         lines.append("")
     return "\n".join(lines)
 

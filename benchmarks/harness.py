@@ -30,8 +30,8 @@ def median_ms(fn: Callable[[], object], repeat: int, device: str = "cpu") -> flo
     return statistics.median(times)
 
 
-def write_records(path: Path, records: list[dict]) -> None:
-    """{"meta": date, machine, torch, command; "records": [...]} to path."""
+def write_records(path: Path, records: list[dict], extra_meta: dict | None = None) -> None:
+    """{"meta": date, machine, torch, command (and extra_meta); "records": [...]} to path."""
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.machine(),
@@ -39,6 +39,7 @@ def write_records(path: Path, records: list[dict]) -> None:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "command": " ".join(sys.argv),
+        **(extra_meta or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")

@@ -1,8 +1,9 @@
 """The models the DDP benchmarks train, defined here so nothing is downloaded.
 
 Sizes follow the networks users compare against: a ResNet-50-sized CNN (bottleneck blocks
-[3, 4, 6, 3], 25.6M parameters), a ResNet-18-sized one (basic blocks [2, 2, 2, 2], 11.7M) and a
-small transformer language model. The CNNs keep ImageNet's stem but see 32x32 inputs, so a step
+[3, 4, 6, 3], 25.6M parameters), a ResNet-18-sized one (basic blocks [2, 2, 2, 2], 11.7M), a
+small transformer language model and a GPT-2-small-sized one (GPT, 124M; bench_ddp_gpu.py).
+The CNNs keep ImageNet's stem but the network benchmark feeds them 32x32 inputs, so a step
 costs little compute on a CPU while the gradients (what the network carries) keep full size.
 """
 
@@ -107,6 +108,68 @@ class TinyTransformer(nn.Module):
         h = self.tokens(tokens) + self.positions[:length]
         h = self.norm(self.layers(h, mask=mask, is_causal=True))
         return h @ self.tokens.weight.t()
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not a multiple of heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        # (3, batch, heads, length, head width): the layout scaled_dot_product_attention takes.
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = CausalSelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    """A GPT-2-style decoder: learned token and position embeddings, pre-norm blocks with
+    causal scaled-dot-product attention (a fused kernel on GPUs), a final LayerNorm and an
+    output head tied to the token embedding. The defaults are GPT-2 small's shape at a
+    512-token context: 124.0M parameters."""
+
+    def __init__(
+        self,
+        vocab: int = 50257,
+        dim: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        context: int = 512,
+    ) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(context, dim)
+        self.blocks = nn.Sequential(*(GPTBlock(dim, heads) for _ in range(layers)))
+        self.norm = nn.LayerNorm(dim)
+        # GPT-2's N(0, 0.02) embeddings: PyTorch's N(0, 1) would make the tied head's logits
+        # ~sqrt(dim) large (a loss in the hundreds instead of ~ln(vocab)).
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        where = torch.arange(tokens.shape[1], device=tokens.device)
+        h = self.blocks(self.tokens(tokens) + self.positions(where))
+        return nn.functional.linear(self.norm(h), self.tokens.weight)
 
 
 def _image_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

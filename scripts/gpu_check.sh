@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds gradcomp with CUDA on a GPU machine, runs every CUDA test and the GPU kernel benchmark,
-# and writes one log (gpu_check.log) plus the benchmark's JSON/markdown to $OUT (default:
-# results/gpu_check).
+# Builds gradcomp with CUDA on a GPU machine, runs every CUDA test (several ranks sharing the
+# GPU over Gloo included), the one-GPU DDP step-time benchmark and the GPU kernel benchmark, and
+# writes one log (gpu_check.log) plus the benchmarks' JSON/markdown to $OUT (default:
+# results/gpu_check). Steps run in order of importance, each with its own time limit, so that a
+# deadline cuts the least important ones (the sanitizers last).
 #
 #   bash scripts/gpu_check.sh            # all steps
 #   GPU_CHECK_STEPS="build ctest" bash scripts/gpu_check.sh
-#   GPU_CHECK_DEADLINE=540 bash scripts/gpu_check.sh   # every step ends by then (seconds)
+#   GPU_CHECK_DEADLINE=570 bash scripts/gpu_check.sh   # every step ends by then (seconds)
 #
 # On this project's lent GPU machines (2026-11-27) the image sets CXX=/opt/gcc/bin/g++, whose
 # build of _C segfaults as soon as an error message formats an integer (std::ostream << long);
@@ -21,7 +23,7 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/results/gpu_check}"
-STEPS="${GPU_CHECK_STEPS:-info gtest build ctest pytest bench memcheck racecheck}"
+STEPS="${GPU_CHECK_STEPS:-info gtest build ctest pytest ddpbench bench memcheck racecheck}"
 DEADLINE="${GPU_CHECK_DEADLINE:-3600}"
 BUILD_DIR="${GRADCOMP_BUILD_DIR:-$ROOT/build/gpu}"
 PY="${PYTHON:-python3}"
@@ -73,10 +75,17 @@ except ValueError as e: print(\"error messages work:\", e)' || \
 step ctest 120 "ctest --test-dir '$BUILD_DIR' --output-on-failure -j 8 && \
   '$BUILD_DIR/gradcomp_cuda_kernels_test' 2>&1 | tail -n 20"
 
-step pytest 240 "$PY -m pytest -q -m cuda -p no:cacheprovider tests/python -rfEs"
+# -m cuda: the CUDA tests, the bucket-level device path against the entry path and the CPU,
+# and 2 and 3 Gloo ranks sharing the GPU (bit-identical parameters after 30 steps).
+step pytest 240 "$PY -m pytest -q -m cuda -p no:cacheprovider tests/python -rfEs --durations=10"
+
+# One-GPU DDP step time: plain DDP, every gradcomp method, PyTorch's hooks; 3 models x 2 bucket
+# settings. --time-budget stops starting configurations in time (the JSON says which did not).
+step ddpbench 200 "$PY benchmarks/bench_ddp_gpu.py --device cuda --time-budget 170 \
+  --json '$OUT/ddp_gpu.json' --markdown '$OUT/ddp_gpu.md' && cat '$OUT/ddp_gpu.md'"
 
 step bench 150 "$PY benchmarks/bench_compressors.py --device cuda --numel 1000000 25000000 \
-  --ratio 0.001 0.01 0.1 --json '$OUT/compressors_cuda.json' --markdown '$OUT/compressors_cuda.md' && \
+  --ratio 0.001 0.01 --json '$OUT/compressors_cuda.json' --markdown '$OUT/compressors_cuda.md' && \
   cat '$OUT/compressors_cuda.md'"
 
 step memcheck 150 "compute-sanitizer --tool memcheck --error-exitcode 9 '$BUILD_DIR/gradcomp_cuda_kernels_test'"

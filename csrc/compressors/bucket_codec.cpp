@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "compressors/cuda_kernels.h"
@@ -22,36 +24,17 @@ int64_t align_up(int64_t value, int64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
 }
 
+// GRADCOMP_DEVICE_PATH=0 runs CUDA buckets entry by entry, as before the device path existed:
+// for comparisons, and as a way around a device-path problem without a rebuild.
+bool device_path_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("GRADCOMP_DEVICE_PATH");
+    return value == nullptr || std::strcmp(value, "0") != 0;
+  }();
+  return enabled;
+}
+
 }  // namespace
-
-uint64_t parameter_key(const std::string& name) {
-  uint64_t h = 1469598103934665603ull;
-  for (const unsigned char c : name) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-void check_entry(const BucketEntry& entry, int64_t& expected_offset) {
-  TORCH_CHECK_VALUE(entry.numel >= 1, "bucket codec: parameter '", entry.name,
-                    "' has numel=", entry.numel, "; must be >= 1");
-  TORCH_CHECK_VALUE(entry.offset >= expected_offset, "bucket codec: parameter '", entry.name,
-                    "' starts at ", entry.offset, ", overlapping the previous one (ends at ",
-                    expected_offset, ")");
-  TORCH_CHECK_VALUE(entry.rows >= 0, "bucket codec: parameter '", entry.name,
-                    "' has rows=", entry.rows, "; must be >= 0");
-  expected_offset = entry.offset + entry.numel;
-}
-
-void check_bucket_tensor(const at::Tensor& bucket, int64_t extent) {
-  TORCH_CHECK_VALUE(bucket.dim() == 1 && bucket.is_contiguous(),
-                    "gradient bucket must be a contiguous 1-D tensor, got shape ", bucket.sizes());
-  TORCH_CHECK_VALUE(bucket.numel() >= extent, "gradient bucket has ", bucket.numel(),
-                    " elements but its layout needs ", extent);
-  TORCH_CHECK_TYPE(at::isFloatingType(bucket.scalar_type()),
-                   "gradient bucket must be floating point, got ", bucket.scalar_type());
-}
 
 double squared_sum(const at::Tensor& values) {
   return values.to(at::kDouble).square().sum().item<double>();
@@ -62,8 +45,6 @@ bool all_finite(const at::Tensor& values) {
   if (std::isfinite(values.sum(at::kFloat).item<float>())) return true;
   return at::isfinite(values).all().item<bool>();
 }
-
-int64_t Channel::bytes() const { return numel * static_cast<int64_t>(c10::elementSize(dtype)); }
 
 BucketCodec::BucketCodec(std::shared_ptr<const Compressor> compressor,
                          std::vector<BucketEntry> entries,
@@ -81,140 +62,155 @@ BucketCodec::BucketCodec(std::vector<std::shared_ptr<const Compressor>> compress
       seed_(seed),
       rank_(rank),
       world_size_(world_size) {
-  TORCH_CHECK_VALUE(!compressors_.empty(), "BucketCodec: needs at least one compressor");
-  for (const auto& c : compressors_) {
-    TORCH_CHECK_VALUE(c != nullptr, "BucketCodec: a compressor is null");
-  }
   TORCH_CHECK_VALUE(world_size >= 1 && rank >= 0 && rank < world_size, "BucketCodec: rank=", rank,
                     " world_size=", world_size, "; valid: 0 <= rank < world_size");
-
-  // Channel 0 is the fp32 allreduce (dense tensors and fp32-summable payloads); every other
-  // way of travelling gets one channel, shared by the methods that travel that way.
-  channels_.push_back({Collective::kAllReduce, at::kFloat, 0});
-  const auto channel_for = [&](const Compressor& c) -> int64_t {
-    if (c.collective() == Collective::kAllReduce && c.payload_dtype() == at::kFloat) return 0;
-    for (size_t i = 1; i < channels_.size(); ++i) {
-      const auto& ch = channels_[i];
-      if (ch.collective == c.collective() && ch.dtype == c.payload_dtype() &&
-          ch.variable == c.variable_size()) {
-        return static_cast<int64_t>(i);
-      }
-    }
-    Channel payload{c.collective(), c.payload_dtype(), 0};
-    payload.variable = c.variable_size();
-    payload.prescaled = c.collective() == Collective::kAllReduce;
-    channels_.push_back(payload);
-    return static_cast<int64_t>(channels_.size()) - 1;
-  };
-
-  int64_t expected_offset = 0;
-  for (auto& entry : entries) {
-    check_entry(entry, expected_offset);
-    numel_ += entry.numel;
-
-    Placement p{entry, nullptr, 0, 0, entry.numel, -1, parameter_key(entry.name)};
-    if (entry.compress) {
-      TORCH_CHECK_VALUE(
-          entry.method >= 0 && entry.method < static_cast<int64_t>(compressors_.size()),
-          "bucket codec: parameter '", entry.name, "' names method ", entry.method,
-          "; valid: 0 to ", compressors_.size() - 1);
-      p.method = compressors_[entry.method].get();
-      p.channel = channel_for(*p.method);
-      p.channel_numel = p.method->payload_numel(entry.numel);
-      if (error_feedback_ && !p.method->lossless()) {
-        p.residual_slot = error_feedback_->slot(entry.name, entry.numel);
-      }
-    }
-    placements_.push_back(std::move(p));
-  }
-  // Drop empty channels, then put the flag slot at the start of the first one left.
-  std::vector<int64_t> renumber(channels_.size(), -1);
-  {
-    std::vector<bool> used(channels_.size(), false);
-    for (const auto& p : placements_) used[p.channel] = true;
-    std::vector<Channel> kept;
-    for (size_t i = 0; i < channels_.size(); ++i) {
-      if (!used[i]) continue;
-      renumber[i] = static_cast<int64_t>(kept.size());
-      kept.push_back(channels_[i]);
-    }
-    channels_ = std::move(kept);
-  }
-  TORCH_CHECK_VALUE(!channels_.empty(), "BucketCodec: a bucket needs at least one parameter");
-  flag_numel_ = channels_[0].dtype == at::kByte ? kByteAlignment : 1;
-  channels_[0].numel = flag_numel_;
-  // Payloads in order; byte payloads start 8-byte aligned.
-  for (auto& p : placements_) {
-    p.channel = renumber[p.channel];
-    Channel& channel = channels_[p.channel];
-    if (channel.dtype == at::kByte) {
-      const int64_t aligned = align_up(channel.numel, kByteAlignment);
-      has_padding_ = has_padding_ || aligned != channel.numel;
-      channel.numel = aligned;
-    }
-    p.channel_offset = channel.numel;
-    channel.numel += p.channel_numel;
-  }
-  for (auto& channel : channels_) {
-    if (channel.dtype == at::kByte) {
-      const int64_t aligned = align_up(channel.numel, kByteAlignment);
-      has_padding_ = has_padding_ || aligned != channel.numel;
-      channel.numel = aligned;
+  layout_ = make_bucket_layout(compressors_, entries, error_feedback_.get());
+  device_capable_ = !layout_.variable;
+  for (const auto& p : layout_.placements) {
+    if (p.method != nullptr &&
+        p.method->device_encoding(p.entry.numel).kind == DeviceEncoding::Kind::kNone) {
+      device_capable_ = false;
     }
   }
-  // The bucket may hold padding between parameters; numel_ counts gradient elements only.
-  bucket_extent_ = expected_offset;
 }
+
+BucketCodec::~BucketCodec() = default;
 
 int64_t BucketCodec::bytes_sent() const {
   int64_t total = 0;
-  for (const auto& channel : channels_) total += channel.bytes();
+  for (const auto& channel : layout_.channels) total += channel.bytes();
   return total;
 }
 
+bool BucketCodec::all_dense() const {
+  return std::all_of(layout_.placements.begin(), layout_.placements.end(), [](const Placement& p) {
+    return p.method == nullptr ||
+           p.method->device_encoding(p.entry.numel).kind == DeviceEncoding::Kind::kDense;
+  });
+}
+
+bool BucketCodec::uses_device_path(const at::Device& device) const {
+  return device.is_cuda() && device_capable_ && has_cuda_kernels() && device_path_enabled();
+}
+
 void BucketCodec::check_bucket(const at::Tensor& bucket) const {
-  check_bucket_tensor(bucket, bucket_extent_);
+  check_bucket_tensor(bucket, layout_.extent);
 }
 
 CompressContext BucketCodec::context(const Placement& p, int64_t step) const {
   CompressContext ctx{seed_, step, p.tensor_key, rank_, 1.0};
   ctx.defer_checks = true;  // a decode in the hot path never waits for the device
-  if (channels_[p.channel].prescaled) ctx.prescale = 1.0 / static_cast<double>(world_size_);
+  if (layout_.channels[p.channel].prescaled) {
+    ctx.prescale = 1.0 / static_cast<double>(world_size_);
+  }
   return ctx;
 }
 
-std::vector<at::Tensor> BucketCodec::encode(const at::Tensor& bucket, int64_t step,
-                                            bool measure) const {
+BucketCodec::DeviceState& BucketCodec::state_for(const at::Device& device) {
+  if (state_ != nullptr && state_->device == device) return *state_;
+  auto state = std::make_unique<DeviceState>();
+  state->device = device;
+  for (const auto& channel : layout_.channels) {
+    const auto options = at::TensorOptions().dtype(channel.dtype).device(device);
+    // Zeros once: padding and the flag slot's spare bytes are never written again, so what
+    // crosses the wire is fully determined.
+    state->messages.push_back(at::zeros({channel.numel}, options));
+    const bool gathered = channel.collective == Collective::kAllGather && !channel.variable;
+    state->gathered.push_back(gathered ? at::empty({world_size_ * channel.numel}, options)
+                                       : at::Tensor());
+  }
+  if (uses_device_path(device)) {
+    state->device_codec = cuda_kernels(compressors_[0]->name())
+                              .make_bucket_codec(layout_, seed_, rank_, world_size_, device);
+  }
+  state_ = std::move(state);
+  return *state_;
+}
+
+at::Tensor BucketCodec::gather_buffer(int64_t channel) const {
+  TORCH_CHECK_VALUE(channel >= 0 && channel < static_cast<int64_t>(layout_.channels.size()),
+                    "gather_buffer: channel ", channel, " does not exist; valid: 0 to ",
+                    layout_.channels.size() - 1);
+  TORCH_CHECK_VALUE(state_ != nullptr && state_->gathered[channel].defined(),
+                    "gather_buffer: channel ", channel, " (",
+                    collective_name(layout_.channels[channel].collective),
+                    layout_.channels[channel].variable ? ", variable size" : "",
+                    ") has no gather buffer: only fixed-size allgather channels do, after encode");
+  return state_->gathered[channel];
+}
+
+std::vector<at::Tensor> BucketCodec::encode(const at::Tensor& bucket, int64_t step, bool measure,
+                                            const std::optional<at::Tensor>& scale_ratio) {
   check_bucket(bucket);
+  if (scale_ratio.has_value()) {
+    const auto& ratio = *scale_ratio;
+    TORCH_CHECK_VALUE(ratio.numel() == 1 && ratio.scalar_type() == at::kFloat &&
+                          ratio.device() == bucket.device(),
+                      "encode: scale_ratio must be a one-element float32 tensor on ",
+                      bucket.device(), ", got ", ratio.scalar_type(), " of shape ", ratio.sizes(),
+                      " on ", ratio.device());
+  }
   // Corrupt indices met by earlier steps' decodes on this device surface here, once the device
   // has finished them (see CudaKernels::sparse_accumulate).
-  if (bucket.is_cuda())
+  if (bucket.is_cuda()) {
     cuda_kernels(compressors_[0]->name()).raise_deferred_index_errors(bucket.device());
-  const bool finite = all_finite(bucket.narrow(0, 0, bucket_extent_));
-  measured_ = {};
-  std::vector<at::Tensor> messages;
-  messages.reserve(channels_.size());
-  for (const auto& channel : channels_) {
-    const auto options = at::TensorOptions().dtype(channel.dtype).device(bucket.device());
-    // Zero padding so that what crosses the wire is fully determined.
-    const bool zeroed = !finite || (has_padding_ && channel.dtype == at::kByte);
-    messages.push_back(zeroed ? at::zeros({channel.numel}, options)
-                              : at::empty({channel.numel}, options));
   }
-  messages[0].narrow(0, 0, flag_numel_).zero_();
-  // Variable channels are packed as they fill: each payload starts 8-byte aligned after the
-  // previous one's used length instead of at its placement's fixed offset.
-  std::vector<int64_t> cursor(channels_.size(), 0);
-  cursor[0] = flag_numel_;
+  DeviceState& state = state_for(bucket.device());
+  measured_ = {};
+  if (state.device_codec != nullptr && !measure) {
+    encode_on_device(bucket, step, scale_ratio, state);
+    return state.messages;
+  }
+  std::vector<at::Tensor> messages = state.messages;
+  encode_entries(bucket, step, measure, scale_ratio, messages);
+  return messages;
+}
+
+void BucketCodec::encode_on_device(const at::Tensor& bucket, int64_t step,
+                                   const std::optional<at::Tensor>& scale_ratio,
+                                   DeviceState& state) {
+  if (error_feedback_ != nullptr && state.residual_generation != error_feedback_->generation()) {
+    std::vector<at::Tensor> residuals(layout_.placements.size());
+    for (size_t i = 0; i < residuals.size(); ++i) {
+      const auto slot = layout_.placements[i].residual_slot;
+      if (slot >= 0) residuals[i] = error_feedback_->residual(slot, bucket.device());
+    }
+    // Read after residual(), which may itself replace storage on first use.
+    state.residual_generation = error_feedback_->generation();
+    state.device_codec->bind_residuals(residuals);
+  }
+  state.device_codec->encode(bucket, state.messages,
+                             scale_ratio.has_value() ? *scale_ratio : at::Tensor(), step);
+}
+
+void BucketCodec::encode_entries(const at::Tensor& bucket, int64_t step, bool measure,
+                                 const std::optional<at::Tensor>& scale_ratio,
+                                 std::vector<at::Tensor>& messages) {
+  const bool finite = all_finite(bucket.narrow(0, 0, layout_.extent));
+  if (scale_ratio.has_value() && error_feedback_ != nullptr) {
+    // The residuals follow the loss scale whether or not this step's bucket is finite.
+    for (const auto& p : layout_.placements) {
+      if (p.residual_slot >= 0) {
+        error_feedback_->residual(p.residual_slot, bucket.device()).mul_(*scale_ratio);
+      }
+    }
+  }
   if (!finite) {
     // Nothing of this bucket is compressed and no residual changes: every rank discards the
-    // step once it sees the flag.
+    // step once it sees the flag. Zero payloads are valid for every decoder.
+    for (auto& message : messages) message.zero_();
     messages[0].narrow(0, 0, 1).fill_(1);
+  } else {
+    messages[0].narrow(0, 0, layout_.flag_numel).zero_();
   }
-  for (const auto& p : placements_) {
+  // Variable channels are packed as they fill: each payload starts 8-byte aligned after the
+  // previous one's used length instead of at its placement's fixed offset.
+  std::vector<int64_t> cursor(layout_.channels.size(), 0);
+  cursor[0] = layout_.flag_numel;
+  for (const auto& p : layout_.placements) {
     if (!finite) break;
     const auto source = bucket.narrow(0, p.entry.offset, p.entry.numel);
-    const bool variable = channels_[p.channel].variable;
+    const bool variable = layout_.channels[p.channel].variable;
     const int64_t offset =
         variable ? align_up(cursor[p.channel], kByteAlignment) : p.channel_offset;
     const auto target = messages[p.channel].narrow(0, offset, p.channel_numel);
@@ -244,25 +240,26 @@ std::vector<at::Tensor> BucketCodec::encode(const at::Tensor& bucket, int64_t st
     }
     cursor[p.channel] = offset + used;
   }
-  for (size_t i = 0; i < channels_.size(); ++i) {
-    if (!channels_[i].variable) continue;
-    const int64_t length = align_up(cursor[i], kByteAlignment);
+  for (size_t i = 0; i < layout_.channels.size(); ++i) {
+    if (!layout_.channels[i].variable) continue;
+    // A rank that flagged stopped at its headers: the flag slot, or nothing.
+    const int64_t end = cursor[i];
+    const int64_t length = align_up(end, kByteAlignment);
     // The alignment gap after the last payload must be zero like any other padding.
-    messages[i].narrow(0, cursor[i], length - cursor[i]).zero_();
+    messages[i].narrow(0, end, length - end).zero_();
     messages[i] = messages[i].narrow(0, 0, length);
   }
-  return messages;
 }
 
-DecodeOutcome BucketCodec::decode(const at::Tensor& bucket, const std::vector<at::Tensor>& received,
-                                  int64_t step, const std::vector<int64_t>& used) const {
-  check_bucket(bucket);
-  TORCH_CHECK_VALUE(received.size() == channels_.size(), "decode: got ", received.size(),
-                    " tensors for ", channels_.size(), " channels");
+std::vector<int64_t> BucketCodec::check_received(const std::vector<at::Tensor>& received,
+                                                 const std::vector<int64_t>& used) const {
+  const auto& channels = layout_.channels;
+  TORCH_CHECK_VALUE(received.size() == channels.size(), "decode: got ", received.size(),
+                    " tensors for ", channels.size(), " channels");
   const int64_t world = world_size_;
-  std::vector<int64_t> stride(channels_.size());
-  for (size_t i = 0; i < channels_.size(); ++i) {
-    const auto& channel = channels_[i];
+  std::vector<int64_t> stride(channels.size());
+  for (size_t i = 0; i < channels.size(); ++i) {
+    const auto& channel = channels[i];
     TORCH_CHECK_VALUE(received[i].scalar_type() == channel.dtype && received[i].dim() == 1 &&
                           received[i].is_contiguous(),
                       "decode: channel ", i, " (", collective_name(channel.collective),
@@ -275,7 +272,7 @@ DecodeOutcome BucketCodec::decode(const at::Tensor& bucket, const std::vector<at
       TORCH_CHECK_VALUE(received[i].numel() % world == 0, "decode: variable channel of ",
                         received[i].numel(), " elements does not split into ", world, " ranks");
       stride[i] = received[i].numel() / world;
-      const int64_t header = i == 0 ? flag_numel_ : 0;
+      const int64_t header = i == 0 ? layout_.flag_numel : 0;
       for (int64_t r = 0; r < world; ++r) {
         TORCH_CHECK_VALUE(used[r] >= header && used[r] <= stride[i] && used[r] <= channel.numel,
                           "decode: rank ", r, " used ", used[r], " elements; valid: ", header,
@@ -290,20 +287,43 @@ DecodeOutcome BucketCodec::decode(const at::Tensor& bucket, const std::vector<at
                       " elements, got ", received[i].numel());
     stride[i] = channel.numel;
   }
+  return stride;
+}
+
+DecodeOutcome BucketCodec::decode(const at::Tensor& bucket, const std::vector<at::Tensor>& received,
+                                  int64_t step, const std::vector<int64_t>& used) {
+  check_bucket(bucket);
+  const auto stride = check_received(received, used);
+  for (const auto& tensor : received) {
+    TORCH_CHECK_VALUE(tensor.device() == bucket.device(), "decode: a received tensor is on ",
+                      tensor.device(), " but the bucket is on ", bucket.device());
+  }
+  if (uses_device_path(bucket.device())) {
+    DeviceState& state = state_for(bucket.device());
+    state.device_codec->decode(bucket, received, step);
+    return DecodeOutcome::kUnchecked;  // the flags were applied on the device
+  }
+  return decode_entries(bucket, received, step, used, stride);
+}
+
+DecodeOutcome BucketCodec::decode_entries(const at::Tensor& bucket,
+                                          const std::vector<at::Tensor>& received, int64_t step,
+                                          const std::vector<int64_t>& used,
+                                          const std::vector<int64_t>& stride) const {
+  const auto& channels = layout_.channels;
+  const int64_t world = world_size_;
   // Every rank's flag: the sum (allreduce) or one slot per rank (allgather).
-  const auto flags = channels_[0].collective == Collective::kAllReduce
+  const auto flags = channels[0].collective == Collective::kAllReduce
                          ? received[0].narrow(0, 0, 1)
                          : received[0].as_strided({world}, {stride[0]});
   const auto any_nonfinite = flags.ne(0).any();
   // The host reads the flags on the CPU, and on CUDA when a variable channel makes decoding
   // wait for the device anyway (a rank that flagged sent no payloads to walk through).
   // Otherwise the device applies them, so that the hook never waits for the collective.
-  const bool on_host =
-      !bucket.is_cuda() ||
-      std::any_of(channels_.begin(), channels_.end(), [](const Channel& c) { return c.variable; });
+  const bool on_host = !bucket.is_cuda() || layout_.variable;
   const auto nan_fill = [&] {
     const double nan = std::numeric_limits<double>::quiet_NaN();
-    for (const auto& p : placements_) {
+    for (const auto& p : layout_.placements) {
       auto target = bucket.narrow(0, p.entry.offset, p.entry.numel);
       if (on_host) {
         target.fill_(nan);
@@ -317,19 +337,19 @@ DecodeOutcome BucketCodec::decode(const at::Tensor& bucket, const std::vector<at
     return DecodeOutcome::kNonFinite;
   }
   // Summed channels are averaged once, before unpacking (decompression is linear).
-  for (size_t i = 0; i < channels_.size(); ++i) {
-    const auto& channel = channels_[i];
+  for (size_t i = 0; i < channels.size(); ++i) {
+    const auto& channel = channels[i];
     if (channel.collective == Collective::kAllReduce && !channel.prescaled) {
       received[i].div_(world);
     }
   }
   // Per channel and rank: where the next payload of a variable channel starts.
-  std::vector<std::vector<int64_t>> cursor(channels_.size(), std::vector<int64_t>(world, 0));
-  for (auto& rank_cursor : cursor[0]) rank_cursor = flag_numel_;
-  for (const auto& p : placements_) {
+  std::vector<std::vector<int64_t>> cursor(channels.size(), std::vector<int64_t>(world, 0));
+  for (auto& rank_cursor : cursor[0]) rank_cursor = layout_.flag_numel;
+  for (const auto& p : layout_.placements) {
     const auto target = bucket.narrow(0, p.entry.offset, p.entry.numel);
     const auto& message = received[p.channel];
-    const auto& channel = channels_[p.channel];
+    const auto& channel = channels[p.channel];
     if (p.method == nullptr) {
       target.copy_(message.narrow(0, p.channel_offset, p.channel_numel));
       continue;

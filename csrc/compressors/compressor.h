@@ -49,6 +49,19 @@ class CompressionMethod {
   virtual bool lossless() const { return false; }
 };
 
+// How the bucket-level CUDA path (segmented kernels over every entry of a bucket at once) runs
+// a method. kNone: it cannot (variable-size payloads), and buckets holding the method run entry
+// by entry.
+struct DeviceEncoding {
+  enum class Kind { kNone, kDense, kCast, kQsgd, kSign, kInt8, kRandomK, kTopK, kTopKInt8 };
+  Kind kind = Kind::kNone;
+  int64_t k = 0;          // Top-K family and Random-K: values per tensor
+  int bits = 0;           // QSGD: bits per element
+  int64_t chunk = 0;      // QSGD, sign, int8: elements per chunk
+  bool half = false;      // casts: fp16 (else bf16)
+  bool unbiased = false;  // Random-K: values scaled by their stratum size
+};
+
 class Compressor : public CompressionMethod {
  public:
   virtual at::ScalarType payload_dtype() const = 0;
@@ -60,6 +73,9 @@ class Compressor : public CompressionMethod {
   // what it used, and the payload is self-delimiting so decompress can tell where it ends.
   virtual bool variable_size() const { return false; }
   int64_t payload_bytes(int64_t numel) const;
+  // The payload of a tensor of `numel` elements as the segmented CUDA kernels produce it (the
+  // same bytes as compress()).
+  virtual DeviceEncoding device_encoding(int64_t /*numel*/) const { return {}; }
 
   // payload <- C(input). Returns the payload elements used (payload_numel(numel) unless
   // variable_size()).

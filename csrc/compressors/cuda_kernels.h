@@ -11,12 +11,40 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "compressors/bucket_layout.h"
 
 namespace gradcomp {
 
 enum class QuantizeKind { kQsgd, kSign, kInt8 };
+
+// The bucket-level device path of one bucket layout on one CUDA device (BucketCodec's, see
+// bucket_codec.h): every entry of a bucket encoded and decoded at once by segmented kernels
+// driven by tables built once from the layout, a fixed number of launches per method whatever
+// the number of parameters, workspaces kept from step to step (Top-K's candidate lists come
+// from torch's caching allocator, so buckets share that memory), nothing waits for the device.
+// Every tensor is on that device; launches go to its current stream.
+class DeviceBucketCodec {
+ public:
+  virtual ~DeviceBucketCodec() = default;
+  // residuals[i]: placement i's float32 residual, undefined without error feedback. Kept until
+  // the next call; call again whenever a residual's storage changes.
+  virtual void bind_residuals(const std::vector<at::Tensor>& residuals) = 0;
+  // Writes every channel's payload into messages (the codec's zero-initialised buffers, one per
+  // channel); bytes no payload covers are never written. scale_ratio: a one-element float32
+  // tensor multiplying every residual first (undefined: 1). The non-finite check, its flag slot
+  // and every decision that depends on it run on the device.
+  virtual void encode(const at::Tensor& bucket, const std::vector<at::Tensor>& messages,
+                      const at::Tensor& scale_ratio, int64_t step) = 0;
+  // received[i]: channel i after its collective (shapes checked by the caller). Writes the
+  // averaged gradient, or NaN everywhere when some rank's flag is set, into the bucket. Corrupt
+  // indices are recorded for CudaKernels::raise_deferred_index_errors.
+  virtual void decode(const at::Tensor& bucket, const std::vector<at::Tensor>& received,
+                      int64_t step) = 0;
+};
 
 class CudaKernels {
  public:
@@ -71,6 +99,13 @@ class CudaKernels {
   // Modified Gram-Schmidt on the columns of each row-major [rows_b x cols] matrix in place,
   // with the CPU kernel's rule for dependent columns; one launch for all of them.
   virtual void orthonormalize(const std::vector<at::Tensor>& matrices, int64_t cols) const = 0;
+
+  // The device path of a layout whose every compressed placement has a DeviceEncoding (no
+  // variable-size channel) on `device`.
+  virtual std::unique_ptr<DeviceBucketCodec> make_bucket_codec(const BucketLayout& layout,
+                                                               uint64_t seed, int64_t rank,
+                                                               int64_t world_size,
+                                                               const at::Device& device) const = 0;
 };
 
 // Called once by the CUDA backend when the library loads.

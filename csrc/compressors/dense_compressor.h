@@ -17,6 +17,9 @@ class DenseCompressor final : public Compressor {
   at::ScalarType payload_dtype() const override { return at::kFloat; }
   int64_t payload_numel(int64_t numel) const override { return numel; }
   bool lossless() const override { return true; }
+  DeviceEncoding device_encoding(int64_t /*numel*/) const override {
+    return {DeviceEncoding::Kind::kDense};
+  }
 
  protected:
   int64_t do_compress(const at::Tensor& input, const at::Tensor& payload,

@@ -31,8 +31,10 @@ at::Tensor ErrorFeedback::residual(int64_t slot, const at::Device& device) {
   auto& r = residuals_[slot];
   if (!r.defined()) {
     r = at::zeros({numels_[slot]}, at::TensorOptions().dtype(at::kFloat).device(device));
+    ++generation_;
   } else if (r.device() != device) {
     r = r.to(device);
+    ++generation_;
   }
   return r;
 }
@@ -68,10 +70,12 @@ void ErrorFeedback::load_state_dict(const std::map<std::string, at::Tensor>& sta
     const int64_t id = slot(name, tensor.numel());
     residuals_[id] = tensor.detach().reshape({-1}).clone();
   }
+  ++generation_;
 }
 
 void ErrorFeedback::reset() {
   for (auto& r : residuals_) r = at::Tensor();
+  ++generation_;
 }
 
 }  // namespace gradcomp

@@ -21,6 +21,9 @@ class ErrorFeedback {
   at::Tensor residual(int64_t slot, const at::Device& device);
 
   int64_t size() const { return static_cast<int64_t>(names_.size()); }
+  // Changes whenever a residual's storage is replaced (first use, a move to another device,
+  // reset, load), so that device tables holding residual addresses know to rebuild.
+  uint64_t generation() const { return generation_; }
   // Sum over all residuals of ||e||^2 (accumulated in double).
   double squared_norm() const;
   // Multiplies every residual by `factor`: keeps them in the units of gradients whose loss
@@ -38,6 +41,7 @@ class ErrorFeedback {
   std::vector<int64_t> numels_;
   std::vector<at::Tensor> residuals_;
   std::unordered_map<std::string, int64_t> slots_;
+  uint64_t generation_ = 0;
 };
 
 }  // namespace gradcomp

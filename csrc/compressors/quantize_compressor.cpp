@@ -100,6 +100,24 @@ int64_t QuantizeCompressor::payload_numel(int64_t numel) const {
   return k::chunked_payload_bytes(numel, chunk_, stats, static_cast<int>(bits_));
 }
 
+DeviceEncoding QuantizeCompressor::device_encoding(int64_t /*numel*/) const {
+  DeviceEncoding encoding;
+  switch (kind_) {
+    case Kind::kQsgd:
+      encoding.kind = DeviceEncoding::Kind::kQsgd;
+      break;
+    case Kind::kSign:
+      encoding.kind = DeviceEncoding::Kind::kSign;
+      break;
+    case Kind::kInt8:
+      encoding.kind = DeviceEncoding::Kind::kInt8;
+      break;
+  }
+  encoding.bits = static_cast<int>(bits_);
+  encoding.chunk = chunk_;
+  return encoding;
+}
+
 int64_t QuantizeCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                         const CompressContext& ctx) const {
   // Rounding draws differ per rank, so ranks' rounding errors average out.

@@ -23,6 +23,7 @@ class QuantizeCompressor final : public Compressor {
   Collective collective() const override { return Collective::kAllGather; }
   at::ScalarType payload_dtype() const override { return at::kByte; }
   int64_t payload_numel(int64_t numel) const override;
+  DeviceEncoding device_encoding(int64_t numel) const override;
   int64_t bits() const { return bits_; }
   int64_t chunk() const { return chunk_; }
 
@@ -57,6 +58,11 @@ class CastCompressor final : public Compressor {
   Collective collective() const override { return Collective::kAllReduce; }
   at::ScalarType payload_dtype() const override { return dtype_; }
   int64_t payload_numel(int64_t numel) const override { return numel; }
+  DeviceEncoding device_encoding(int64_t /*numel*/) const override {
+    DeviceEncoding encoding{DeviceEncoding::Kind::kCast};
+    encoding.half = dtype_ == at::kHalf;
+    return encoding;
+  }
 
  protected:
   int64_t do_compress(const at::Tensor& input, const at::Tensor& payload,

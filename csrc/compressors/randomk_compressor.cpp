@@ -46,6 +46,12 @@ std::string RandomKCompressor::spec() const {
   return out.str();
 }
 
+DeviceEncoding RandomKCompressor::device_encoding(int64_t numel) const {
+  DeviceEncoding encoding{DeviceEncoding::Kind::kRandomK, payload_numel(numel)};
+  encoding.unbiased = unbiased_;
+  return encoding;
+}
+
 int64_t RandomKCompressor::payload_numel(int64_t numel) const {
   return TopKCompressor::k_for(ratio_, numel);
 }

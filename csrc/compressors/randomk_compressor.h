@@ -19,6 +19,7 @@ class RandomKCompressor final : public Compressor {
   at::ScalarType payload_dtype() const override { return at::kFloat; }
   int64_t payload_numel(int64_t numel) const override;
   bool lossless() const override { return ratio_ >= 1.0 && !unbiased_; }
+  DeviceEncoding device_encoding(int64_t numel) const override;
   // Values are scaled by their stratum size (~numel / k), so D(C(x)) is unbiased for x.
   bool unbiased() const { return unbiased_; }
 

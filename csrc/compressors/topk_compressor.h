@@ -28,6 +28,10 @@ class TopKCompressor final : public Compressor {
   // k float32 values followed by k int32 indices.
   int64_t payload_numel(int64_t numel) const override { return 8 * k_for(ratio_, numel); }
   bool lossless() const override { return ratio_ >= 1.0; }
+  // topk_approx selects exactly what topk does, so on CUDA both run the exact select.
+  DeviceEncoding device_encoding(int64_t numel) const override {
+    return {DeviceEncoding::Kind::kTopK, k_for(ratio_, numel)};
+  }
   double ratio() const { return ratio_; }
   // topk_approx: selections whose first sampled threshold missed, since construction.
   int64_t threshold_misses() const { return misses_.load(); }

@@ -74,6 +74,10 @@ std::string TopKInt8Compressor::spec() const {
   return out.str();
 }
 
+DeviceEncoding TopKInt8Compressor::device_encoding(int64_t numel) const {
+  return {DeviceEncoding::Kind::kTopKInt8, TopKCompressor::k_for(ratio_, numel)};
+}
+
 int64_t TopKInt8Compressor::payload_numel(int64_t numel) const {
   return 4 + 5 * TopKCompressor::k_for(ratio_, numel);
 }

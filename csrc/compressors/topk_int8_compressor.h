@@ -19,6 +19,7 @@ class TopKInt8Compressor final : public Compressor {
   Collective collective() const override { return Collective::kAllGather; }
   at::ScalarType payload_dtype() const override { return at::kByte; }
   int64_t payload_numel(int64_t numel) const override;
+  DeviceEncoding device_encoding(int64_t numel) const override;
 
  protected:
   int64_t do_compress(const at::Tensor& input, const at::Tensor& payload,

@@ -213,15 +213,22 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("bytes_sent", &BucketCodec::bytes_sent)
       .def_property_readonly("dense_bytes", &BucketCodec::dense_bytes)
       .def_property_readonly("numel", &BucketCodec::numel)
+      .def_property_readonly("all_dense", &BucketCodec::all_dense,
+                             "Every entry travels uncompressed in the fp32 allreduce.")
+      .def("uses_device_path", &BucketCodec::uses_device_path, py::arg("device"),
+           "Whether buckets on `device` run the bucket-level CUDA path.")
       .def("encode", &BucketCodec::encode, py::arg("bucket"), py::arg("step"),
-           py::arg("measure") = false, py::call_guard<py::gil_scoped_release>())
+           py::arg("measure") = false, py::arg("scale_ratio") = py::none(),
+           py::call_guard<py::gil_scoped_release>(),
+           "One tensor per channel: the codec's own buffers, reused by the next encode.")
+      .def("gather_buffer", &BucketCodec::gather_buffer, py::arg("channel"),
+           "The codec's receive buffer for allgather channel `channel` (world_size * numel).")
       .def_property_readonly("measured",
                              [](const BucketCodec& c) { return measure_tuple(c.measured()); })
       .def(
           "decode",
-          [](const BucketCodec& codec, const at::Tensor& bucket,
-             const std::vector<at::Tensor>& received, int64_t step,
-             const std::vector<int64_t>& used) {
+          [](BucketCodec& codec, const at::Tensor& bucket, const std::vector<at::Tensor>& received,
+             int64_t step, const std::vector<int64_t>& used) {
             return static_cast<int>(codec.decode(bucket, received, step, used));
           },
           py::arg("bucket"), py::arg("received"), py::arg("step"),

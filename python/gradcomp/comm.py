@@ -26,11 +26,15 @@ def allreduce_async(
 
 
 def allgather_async(
-    tensor: torch.Tensor, group: dist.ProcessGroup, world_size: int
+    tensor: torch.Tensor,
+    group: dist.ProcessGroup,
+    world_size: int,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dist.Work, torch.futures.Future]:
-    """Every rank's ``tensor`` back to back in rank order, in a new flat tensor that is valid
-    once the future completes."""
-    out = tensor.new_empty(world_size * tensor.numel())
+    """Every rank's ``tensor`` back to back in rank order, in ``out`` (a new flat tensor when
+    None) that is valid once the future completes."""
+    if out is None:
+        out = tensor.new_empty(world_size * tensor.numel())
     work = _all_gather_single(out, tensor, group=group, async_op=True)
     return out, work, work.get_future()
 

@@ -2,6 +2,8 @@
 
 A step's buckets finish on torch.distributed's threads in any order; a step's record is
 complete when its last bucket has been issued and every issued bucket has finished.
+Nothing here reads the device in the hot path: a CUDA loss scale stays a tensor until stats()
+or a logged step reads it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["ScalarWriter", "StepRecord", "Telemetry", "open_writer"]
+import torch
+
+__all__ = ["ScalarWriter", "StepRecord", "StepTracker", "Telemetry", "open_writer", "scalar"]
 
 logger = logging.getLogger("gradcomp")
 
@@ -43,12 +48,17 @@ def open_writer(tensorboard: str | os.PathLike[str] | ScalarWriter) -> ScalarWri
     return tensorboard
 
 
+def scalar(value: float | torch.Tensor) -> float:
+    """A float from a host float or a one-element tensor (which may wait for the device)."""
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
 @dataclasses.dataclass
 class StepRecord:
     """One step's counters, filled by its buckets."""
 
     step: int
-    loss_scale: float
+    loss_scale: float | torch.Tensor  # a tensor on the device for CUDA buckets
     measure: bool
     bytes_sent: int = 0
     bytes_dense: int = 0
@@ -126,6 +136,7 @@ class Telemetry:
             self._report(summary)
 
     def _report(self, s: dict[str, Any]) -> None:
+        s = {**s, "loss_scale": scalar(s["loss_scale"])}
         with self.lock:
             totals = dict(self.totals)
         cumulative = totals["bytes_sent"] / totals["bytes_dense"] if totals["bytes_dense"] else 1.0
@@ -165,3 +176,56 @@ class Telemetry:
     def load(self, state: dict[str, Any]) -> None:
         with self.lock:
             self.totals.update(state["totals"])
+
+
+class StepTracker:
+    """Which step the hook is in, and the record its buckets fill: opened by the step's first
+    bucket, closed when its last bucket has been issued, complete when every issued bucket has
+    also finished (buckets finish on several threads at once, hence the lock)."""
+
+    def __init__(self, telemetry: Telemetry, on_complete: Callable[[StepRecord], None]) -> None:
+        self.telemetry = telemetry
+        self.step = 0
+        self.record: StepRecord | None = None  # the step whose buckets are being issued
+        self.last_bytes_sent = 0
+        self._on_complete = on_complete
+
+    def open(self, loss_scale: float | torch.Tensor) -> StepRecord:
+        self.record = StepRecord(self.step, loss_scale, self.telemetry.measures(self.step))
+        return self.record
+
+    def end_issue(self, record: StepRecord, sent: int, dense: int, last: bool) -> None:
+        """Counts a bucket's bytes once its collectives are issued; the last one ends the step.
+        Its callback may already have run (collectives can finish first), so the step may
+        complete here."""
+        with self.telemetry.lock:
+            record.bytes_sent += sent
+            record.bytes_dense += dense
+            if not last:
+                return
+            record.closed = True
+            done = record.finished == record.issued
+        self.record = None
+        self.last_bytes_sent = record.bytes_sent
+        self.step += 1
+        if done:
+            self._on_complete(record)
+
+    def finish_bucket(
+        self, record: StepRecord, communicate: float, decompress: float, outcome: int
+    ) -> None:
+        """A bucket's result is written (decode's outcome: 0 when a rank's bucket was not
+        finite); the step completes with its last finished bucket."""
+        with self.telemetry.lock:
+            record.communicate_seconds += communicate
+            record.decompress_seconds += decompress
+            record.nonfinite_buckets += outcome == 0
+            record.finished += 1
+            done = record.closed and record.finished == record.issued
+        if done:
+            self._on_complete(record)
+
+    def restart_at(self, step: int) -> None:
+        """Continue from `step` (a loaded checkpoint)."""
+        self.step = step
+        self.record = None

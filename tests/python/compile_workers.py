@@ -166,7 +166,7 @@ def compiled_training(
         params=_params(model),
         stats=state.stats(),
         graphs=graphs,
-        buckets=len(state._codecs),
+        buckets=len(state.plans),
         hook_calls=recorder.per_step,
         hook_compiling=sorted(recorder.compiling),
         names=sorted(n for n, _ in ddp.module.named_parameters()),

@@ -123,7 +123,7 @@ def topk_wire_ratio_and_training(
             "numels": [p.numel() for p in model.parameters()],
             "losses": losses,
             "params": _params(model),
-            "buckets": len(state._codecs),
+            "buckets": len(state.plans),
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
@@ -146,9 +146,89 @@ def method_trains(rank: int, world_size: int, port: int, out_dir: str, spec: str
             "shapes": [tuple(p.shape) for p in model.parameters()],
             "losses": losses,
             "params": _params(model),
-            "buckets": len(state._codecs),
+            "buckets": len(state.plans),
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     del model, ddp, state
+    _shutdown()
+
+
+# What the several-ranks-on-one-GPU test trains (test_cuda.py): every method with default
+# options, so small tensors take the dense fp32 channel beside the compressed payloads.
+GPU_METHODS = [
+    "none",
+    "topk",
+    "topk_approx",
+    "topk_int8",
+    "randomk",
+    "threshold",
+    "qsgd",
+    "sign",
+    "int8",
+    "fp16",
+    "bf16",
+    "powersgd",
+]
+
+
+class GpuNet(torch.nn.Module):
+    """Big enough that the default 25 MB buckets split it (and its small tensors stay under
+    min_numel): 4 x Linear(1024, 1024) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            *[torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.GELU()) for _ in range(4)]
+        )
+        self.head = torch.nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(x))
+
+
+def ranks_on_one_gpu(
+    rank: int, world_size: int, port: int, out_dir: str, methods: list[str], steps: int
+) -> None:
+    """Several ranks share cuda:0 over Gloo (NCCL refuses two ranks on one device). Each method
+    trains GpuNet for `steps` steps with SGD momentum on this rank's own data, default options
+    and DDP's default buckets (plus a bf16 model for a few methods); the parent checks every
+    rank ends with the same parameters."""
+    _init(rank, world_size, port)
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    results: dict[str, dict] = {}
+    g = torch.Generator().manual_seed(50 + rank)
+    xs = [torch.randn(64, 1024, generator=g) for _ in range(steps)]
+    ys = [torch.randint(0, 10, (64,), generator=g) for _ in range(steps)]
+    runs = [(spec, torch.float32) for spec in methods]
+    runs += [(spec, torch.bfloat16) for spec in ("none", "topk", "qsgd", "fp16") if spec in methods]
+    for spec, dtype in runs:
+        label = spec if dtype == torch.float32 else f"{spec}@bf16"
+        torch.manual_seed(0)
+        model = GpuNet().to(device=device, dtype=dtype)
+        ddp = DistributedDataParallel(model, device_ids=[0])
+        state = gradcomp.register(ddp, spec)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        losses = []
+        for x, y in zip(xs, ys, strict=True):
+            opt.zero_grad()
+            out = ddp(x.to(device=device, dtype=dtype))
+            loss = torch.nn.functional.cross_entropy(out.float(), y.to(device))
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        results[label] = {
+            "params": {n: p.detach().float().cpu() for n, p in model.named_parameters()},
+            "losses": losses,
+            "stats": state.stats(),
+            "device_path": [
+                codec.uses_device_path(device)
+                for codec in state.plans.codecs()
+                if hasattr(codec, "uses_device_path")
+            ],
+        }
+        del model, ddp, state, opt
+        gc.collect()
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     _shutdown()

@@ -176,9 +176,9 @@ def soak(rank: int, world_size: int, port: int, out_dir: str, steps: int, checks
                     "step": step,
                     "rss": _rss_bytes(),
                     "tensors": _live_tensors(),
-                    "in_flight": len(state._in_flight),
-                    "codecs": len(state._codecs),
-                    "pending": state._pending_callbacks,
+                    "in_flight": len(state.in_flight),
+                    "codecs": len(state.plans),
+                    "pending": state.in_flight.pending,
                     "drift": (lhs - rhs).abs().max().item() / scale,
                 }
             )

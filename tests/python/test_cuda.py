@@ -1,18 +1,24 @@
 """The CUDA path of every method against the CPU path on the same inputs: ops, error feedback,
-bucket codecs, deferred index checks and a one-process NCCL DDP run. Skipped without a GPU (or
-with a build that has no CUDA kernels); test_cuda_build_without_gpu runs everywhere."""
+bucket codecs (the bucket-level device path against the entry-by-entry path and the CPU),
+deferred index checks, a one-process NCCL DDP run, and several Gloo ranks sharing one GPU.
+Skipped without a GPU (or with a build that has no CUDA kernels); test_cuda_build_without_gpu
+runs everywhere."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import gradcomp
 from gradcomp import _C, ops
 
+import ddp_workers
+from conftest import free_port
 from ddp_workers import TRAINED_METHODS, SmallNet, _batches
 
 HAS_GPU = torch.cuda.is_available() and _C.has_cuda_kernels()
@@ -310,3 +316,168 @@ def test_nccl_ddp_trains_on_one_gpu(spec: str) -> None:
             assert state.stats()["steps"] == 150
         finally:
             dist.destroy_process_group()
+
+
+# -- the bucket-level device path ------------------------------------------------------------
+
+# Every method with a device path in one bucket, as overrides make it: the codec groups them by
+# how they travel (fp32 allreduce, byte allgather, fp16 and bf16 allreduces).
+MIXED_METHODS = [
+    "topk:ratio=0.01",
+    "topk_int8:ratio=0.05",
+    "randomk:ratio=0.1",
+    "qsgd:bits=4",
+    "sign",
+    "int8",
+    "fp16",
+    "bf16",
+    "topk:ratio=1.0",
+    "topk_approx:ratio=0.02",
+    "qsgd:bits=2",
+    "none",
+]
+
+
+def _mixed_entries() -> list[tuple[str, int, int, bool, int, int]]:
+    """(name, offset, numel, compress, rows, method): every method twice at different sizes
+    (one of a single element), dense entries between them and a gap of padding."""
+    entries = []
+    offset = 0
+    sizes = [1, 3000, 70_001, 257, 40_000, 4097, 1024, 100_003]
+    for m in range(len(MIXED_METHODS)):
+        for i in range(2):
+            numel = sizes[(m + 3 * i) % len(sizes)]
+            entries.append((f"m{m}.p{i}", offset, numel, True, 0, m))
+            offset += numel
+        entries.append((f"m{m}.bias", offset, 33, False, 0, 0))
+        offset += 33 + (m % 3)  # padding between parameters
+    return entries
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.uint8).cpu()
+
+
+def _exchange_on_device(codecs: list, messages: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """The collectives, simulated: allreduce sums in rank order, allgather concatenates."""
+    received = []
+    for i, (collective, _dtype, _numel, _variable) in enumerate(codecs[0].channels):
+        parts = [m[i] for m in messages]
+        if collective == "allreduce":
+            total = parts[0].clone()
+            for part in parts[1:]:
+                total += part
+            received.append(total)
+        else:
+            received.append(torch.cat(parts))
+    return received
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("world", [2, 3])
+def test_device_path_matches_the_entry_path_and_the_cpu(dtype: torch.dtype, world: int) -> None:
+    """Every rank's messages and residuals from the segmented kernels are bit-identical to the
+    entry-by-entry path's (which measure=True forces), through a loss-scale ratio and a step
+    where one rank's bucket holds an inf; the device decode matches the CPU decode of the same
+    received messages (bit for bit when dividing by the world size is exact)."""
+    methods = [_C.make_compressor(*_split(spec)) for spec in MIXED_METHODS]
+    entries = _mixed_entries()
+    numel = entries[-1][1] + entries[-1][2] + 2
+    cuda = torch.device("cuda")
+
+    def ranks() -> tuple[list, list]:
+        efs = [_C.ErrorFeedback() for _ in range(world)]
+        return [_C.BucketCodec(methods, entries, efs[r], 5, r, world) for r in range(world)], efs
+
+    device_codecs, device_efs = ranks()
+    entry_codecs, entry_efs = ranks()
+    cpu_codec = _C.BucketCodec(methods, entries, _C.ErrorFeedback(), 5, 0, world)
+    assert all(codec.uses_device_path(cuda) for codec in device_codecs)
+    for step in range(4):
+        buckets = [_x(numel, seed=100 * step + r).to(dtype).cuda() for r in range(world)]
+        if step == 3:
+            buckets[1][entries[4][1] + 2] = float("inf")
+        kept = [ef.state_dict() for ef in device_efs]
+        ratio = torch.full((1,), 2.0, device=cuda) if step == 2 else None
+        device_messages = [
+            c.encode(b.clone(), step, False, ratio)
+            for c, b in zip(device_codecs, buckets, strict=True)
+        ]
+        entry_messages = [
+            c.encode(b.clone(), step, True, ratio)
+            for c, b in zip(entry_codecs, buckets, strict=True)
+        ]
+        for r in range(world):
+            for i, (got, expected) in enumerate(
+                zip(device_messages[r], entry_messages[r], strict=True)
+            ):
+                assert torch.equal(_bits(got), _bits(expected)), (step, r, i)
+            residuals, expected_residuals = device_efs[r].state_dict(), entry_efs[r].state_dict()
+            assert residuals.keys() == expected_residuals.keys()
+            for name, residual in residuals.items():
+                expected_residual = expected_residuals[name]
+                assert torch.equal(_bits(residual), _bits(expected_residual)), (step, r, name)
+        received = _exchange_on_device(device_codecs, device_messages)
+        on_device = buckets[0].clone()
+        assert device_codecs[0].decode(on_device, [t.clone() for t in received], step) == -1
+        on_cpu = buckets[0].cpu().clone()
+        cpu_codec.decode(on_cpu, [t.cpu() for t in received], step)
+        if step == 3:
+            # Rank 1 flagged: every rank's bucket is NaN, rank 1's residuals are unchanged.
+            assert on_device.isnan().all() and on_cpu.isnan().all()
+            for name, residual in device_efs[1].state_dict().items():
+                assert torch.equal(_bits(residual), _bits(kept[1][name])), name
+            continue
+        if world == 2:
+            assert torch.equal(_bits(on_device), _bits(on_cpu)), step
+        else:  # 1 / 3 is a reciprocal multiply on CUDA and a division on the CPU
+            tolerance = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]
+            torch.testing.assert_close(on_device.cpu(), on_cpu, rtol=tolerance, atol=1e-6)
+
+
+@needs_gpu
+def test_device_path_rebuilds_its_tables_for_a_new_bucket_and_new_residuals() -> None:
+    """The tables hold addresses: another bucket tensor, or residuals replaced by a checkpoint
+    load, must be picked up (the result equals a fresh codec's)."""
+    method = _C.make_compressor("topk", {"ratio": 0.05})
+    entries = [("a", 0, 5000, True, 0), ("b", 5000, 20, False, 0), ("c", 5020, 3000, True, 0)]
+    ef, fresh_ef = _C.ErrorFeedback(), _C.ErrorFeedback()
+    codec = _C.BucketCodec(method, entries, ef, 0, 0, 1)
+    codec.encode(_x(8020, seed=1).cuda(), 0)
+    ef.load_state_dict({"a": torch.randn(5000).cuda(), "c": torch.randn(3000).cuda()})
+    fresh_ef.load_state_dict(ef.state_dict())
+    fresh = _C.BucketCodec(method, entries, fresh_ef, 0, 0, 1)
+    bucket = _x(8020, seed=2).cuda()  # a new tensor, at another address
+    got_messages = codec.encode(bucket.clone(), 1)
+    for got, expected in zip(got_messages, fresh.encode(bucket.clone(), 1), strict=True):
+        assert torch.equal(_bits(got), _bits(expected))
+    for name, residual in ef.state_dict().items():
+        assert torch.equal(residual, fresh_ef.state_dict()[name]), name
+
+
+@needs_gpu
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_sharing_one_gpu_end_with_identical_parameters(tmp_path: Path, world: int) -> None:
+    """Several ranks of the CUDA path on one GPU (Gloo takes CUDA tensors; NCCL refuses two ranks
+    on one device): every method with default options and DDP's default buckets, 30 steps of
+    SGD with momentum on each rank's own data. DDP assumes identical replicas: every rank must
+    end with the same parameters bit for bit, which needs the future DDP waits on to carry the
+    decode's stream (gradcomp/lifetime.py)."""
+    methods = ddp_workers.GPU_METHODS if world == 2 else ["topk", "qsgd", "sign", "fp16"]
+    mp.spawn(
+        ddp_workers.ranks_on_one_gpu,
+        args=(world, free_port(), str(tmp_path), methods, 30),
+        nprocs=world,
+        join=True,
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    assert set(ranks[0]) >= set(methods)
+    for label, result in ranks[0].items():
+        for name, p0 in result["params"].items():
+            for r in range(1, world):
+                assert torch.equal(p0, ranks[r][label]["params"][name]), (label, name, r)
+        assert result["stats"]["steps"] == 30, label
+        assert all(torch.isfinite(torch.tensor(result["losses"]))), label
+        if label.split("@")[0] not in ("threshold", "powersgd"):
+            assert result["device_path"] and all(result["device_path"]), label

@@ -148,8 +148,8 @@ def test_communication_objects_outlive_their_callbacks(single_rank_group: None) 
     for _ in range(3):
         ddp(torch.randn(4, 64)).sum().backward()
         assert state.wait_for_callbacks(timeout=10.0)
-        assert state._pending_callbacks == 0
-        kept = [obj for objs in state._in_flight.values() for obj in objs]
+        assert state.in_flight.pending == 0
+        kept = state.in_flight.held()
         assert any(isinstance(obj, torch.distributed.Work) for obj in kept)
 
 

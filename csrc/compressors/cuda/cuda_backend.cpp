@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 
+#include "compressors/cuda/bucket_device_codec.h"
 #include "compressors/cuda_kernels.h"
 #include "kernels/cuda/kernels.h"
 
@@ -277,6 +278,14 @@ class CudaBackend final : public CudaKernels {
     check_launch(cuda::orthonormalize_columns(reinterpret_cast<float* const*>(base), base + count,
                                               count, cols, current_stream(device)),
                  "orthonormalize_columns");
+  }
+
+  std::unique_ptr<DeviceBucketCodec> make_bucket_codec(const BucketLayout& layout, uint64_t seed,
+                                                       int64_t rank, int64_t world_size,
+                                                       const at::Device& device) const override {
+    TORCH_CHECK_VALUE(device.is_cuda(), "make_bucket_codec: device ", device, " is not CUDA");
+    const c10::DeviceGuard guard(device);
+    return make_cuda_bucket_codec(layout, seed, rank, world_size, device, deferred(device).flag);
   }
 
  private:

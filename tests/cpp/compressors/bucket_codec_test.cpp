@@ -30,15 +30,64 @@ TEST(BucketCodec, ChannelsAndBytes) {
 TEST(BucketCodec, LosslessRoundTripAveragesOverRanks) {
   // Two simulated ranks with ratio 1: the decoded bucket is the mean of the two buckets.
   auto ef = std::make_shared<ErrorFeedback>();
-  BucketCodec codec(make_compressor("topk", {{"ratio", 1.0}}), layout(), ef, 0, 0, 2);
+  const auto topk = make_compressor("topk", {{"ratio", 1.0}});
+  BucketCodec rank0(topk, layout(), ef, 0, 0, 2), rank1(topk, layout(), ef, 0, 1, 2);
   at::manual_seed(1);
   auto g0 = at::randn({1343}), g1 = at::randn({1343});
-  const auto m0 = codec.encode(g0, 0), m1 = codec.encode(g1, 0);
+  const auto m0 = rank0.encode(g0, 0), m1 = rank1.encode(g1, 0);
   std::vector<at::Tensor> received{m0[0] + m1[0], at::cat({m0[1], m1[1]})};
   auto out = at::empty({1343});
-  codec.decode(out, received, 0);
+  rank0.decode(out, received, 0);
   EXPECT_TRUE(at::allclose(out, (g0 + g1) / 2, 0, 0));
   EXPECT_EQ(ef->size(), 0);  // lossless: no residuals kept
+}
+
+TEST(BucketCodec, EncodeReusesItsBuffersAndGathersIntoItsOwn) {
+  BucketCodec codec(make_compressor("topk", {{"ratio", 0.1}}), layout(), nullptr, 0, 0, 2);
+  const auto first = codec.encode(at::randn({1343}), 0);
+  const auto second = codec.encode(at::randn({1343}), 1);
+  ASSERT_EQ(first.size(), second.size());
+  for (size_t i = 0; i < first.size(); ++i) {
+    EXPECT_EQ(first[i].data_ptr(), second[i].data_ptr()) << "channel " << i;
+  }
+  const auto gathered = codec.gather_buffer(1);
+  EXPECT_EQ(gathered.numel(), 2 * codec.channels()[1].numel);
+  EXPECT_EQ(codec.gather_buffer(1).data_ptr(), gathered.data_ptr());
+  EXPECT_THROW(codec.gather_buffer(0), c10::ValueError);  // an allreduce: no gather buffer
+  EXPECT_THROW(codec.gather_buffer(2), c10::ValueError);
+}
+
+TEST(BucketCodec, AllDenseOnlyWhenNothingIsCompressed) {
+  EXPECT_TRUE(BucketCodec(make_compressor("none", {}), layout(), nullptr, 0).all_dense());
+  EXPECT_FALSE(
+      BucketCodec(make_compressor("topk", {{"ratio", 0.1}}), layout(), nullptr, 0).all_dense());
+  EXPECT_TRUE(
+      BucketCodec(make_compressor("topk", {{"ratio", 0.1}}), {{"b", 0, 10, false}}, nullptr, 0)
+          .all_dense());
+  // Lossless but not the values themselves: still the codec's path.
+  EXPECT_FALSE(
+      BucketCodec(make_compressor("randomk", {{"ratio", 1.0}}), layout(), nullptr, 0).all_dense());
+}
+
+TEST(BucketCodec, ScaleRatioMultipliesTheResidualsBeforeTheGradientIsAdded) {
+  // The loss scale doubled: a residual r becomes 2 r + g before compression, whether computed
+  // by the codec from a ratio or by scaling the residuals by hand first.
+  const auto topk = make_compressor("topk", {{"ratio", 0.1}});
+  auto by_ratio = std::make_shared<ErrorFeedback>(), by_hand = std::make_shared<ErrorFeedback>();
+  BucketCodec a(topk, layout(), by_ratio, 0), b(topk, layout(), by_hand, 0);
+  at::manual_seed(4);
+  const auto g0 = at::randn({1343}), g1 = at::randn({1343});
+  a.encode(g0.clone(), 0);
+  b.encode(g0.clone(), 0);
+  const auto ma = a.encode(g1.clone(), 1, false, at::full({1}, 2.0f));
+  by_hand->scale(2.0);
+  const auto mb = b.encode(g1.clone(), 1);
+  for (size_t i = 0; i < ma.size(); ++i) EXPECT_TRUE(at::equal(ma[i], mb[i])) << i;
+  for (const auto& [name, residual] : by_ratio->state_dict()) {
+    EXPECT_TRUE(at::equal(residual, by_hand->state_dict().at(name))) << name;
+  }
+  EXPECT_THROW(a.encode(g1.clone(), 2, false, at::full({2}, 2.0f)), c10::ValueError);
+  EXPECT_THROW(a.encode(g1.clone(), 2, false, at::full({1}, 2.0, at::kDouble)), c10::ValueError);
 }
 
 TEST(BucketCodec, NoneSendsEverythingInOneAllreduce) {

@@ -12,12 +12,14 @@
 #include <vector>
 
 #include "../kernels/random_inputs.h"
+#include "kernels/common/segments.h"
 #include "kernels/cpu/orthonormalize.h"
 #include "kernels/cpu/quantize.h"
 #include "kernels/cpu/randomk.h"
 #include "kernels/cpu/sparse.h"
 #include "kernels/cpu/threshold.h"
 #include "kernels/cpu/topk.h"
+#include "kernels/cuda/bucket.h"
 #include "kernels/cuda/kernels.h"
 
 namespace gradcomp::kernels {
@@ -344,6 +346,66 @@ TEST(CudaKernels, TopKMatchesCpuExactly) {
         EXPECT_EQ(0, std::memcmp(got.data(), values.data(), k * sizeof(float)));
       }
     }
+  }
+}
+
+TEST(CudaKernels, SegmentedTopKMatchesCpuPerSegment) {
+  // One select over segments of very different sizes and k (k = 1, k = n, ties, a segment of
+  // one element, an all-equal segment), with the tile and slice tables the bucket path builds.
+  SKIP_WITHOUT_GPU();
+  const std::vector<int64_t> sizes{1, 7, 40000, 3, 100003, 257, 5000};
+  const std::vector<int64_t> ks{1, 7, 400, 1, 1001, 129, 5000};
+  std::vector<float> all;
+  std::vector<int64_t> starts;
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    starts.push_back(static_cast<int64_t>(all.size()));
+    auto x = normal(sizes[s], 20 + static_cast<uint32_t>(s));
+    if (s == 2) {
+      for (auto& v : x) v = std::round(v * 2.0f) / 2.0f;  // heavy ties
+    }
+    if (s == 5) std::fill(x.begin(), x.end(), -1.5f);  // only the index decides
+    all.insert(all.end(), x.begin(), x.end());
+  }
+  Device<float> dx(all);
+  std::vector<cuda::TopKSegment> segments;
+  int64_t winners = 0, candidates = 0, total_k = 0;
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    segments.push_back({dx.get() + starts[s], sizes[s], ks[s], winners, candidates});
+    winners += ks[s];
+    candidates += sizes[s];
+    total_k += ks[s];
+  }
+  const auto tiles = make_tiles(sizes, cuda::kTopKTile);
+  const auto blocks = make_slice_blocks(sizes, 1000, 64);  // several slices per large segment
+  Device<cuda::TopKSegment> dsegments(segments);
+  Device<Tile> dtiles(tiles);
+  Device<SliceBlock> dblocks(blocks);
+  Device<float> values(total_k);
+  Device<int32_t> indices(total_k);
+  Device<int32_t> lists(2 * candidates);
+  size_t bytes = 0;
+  check(cuda::topk_workspace_bytes(static_cast<int32_t>(sizes.size()), total_k, &bytes));
+  Device<uint8_t> workspace(bytes);
+  const cuda::Segments<cuda::TopKSegment> table{
+      dsegments.get(), {}, static_cast<int32_t>(sizes.size())};
+  const cuda::Tiles tile_table{dtiles.get(), static_cast<int64_t>(tiles.size()), 0, 0};
+  check(cuda::topk_select_segments(
+      table, tile_table, dblocks.get(), static_cast<int64_t>(blocks.size()), 0, candidates, total_k,
+      values.get(), indices.get(), lists.get(), workspace.get(), bytes, nullptr));
+  const auto got_values = values.host();
+  const auto got_indices = indices.host();
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    const int64_t k = ks[s];
+    std::vector<float> expected_values(k);
+    std::vector<int32_t> expected_indices(k);
+    cpu::topk_select(all.data() + starts[s], sizes[s], k, expected_values.data(),
+                     expected_indices.data(), cpu::serial_runner());
+    const int64_t at = segments[s].winners;
+    EXPECT_TRUE(
+        std::equal(expected_indices.begin(), expected_indices.end(), got_indices.begin() + at))
+        << "segment " << s;
+    EXPECT_EQ(0, std::memcmp(got_values.data() + at, expected_values.data(), k * sizeof(float)))
+        << "segment " << s;
   }
 }
 

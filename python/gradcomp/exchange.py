@@ -1,0 +1,184 @@
+"""One bucket's way through the network: encode, collectives, decode, as futures.
+
+Three shapes:
+
+- dense: the bucket itself, pre-divided by the world size and allreduced in place, exactly as
+  DDP does (the warm-up steps of ``start_iter``, and buckets whose every entry travels
+  uncompressed, such as the ``none`` compressor's: no copy, no flag, one collective);
+- codec: the bucket codec's messages, one collective per channel, decoded in the callback;
+- PowerSGD: two allreduce rounds.
+
+Python only orchestrates; the per-bucket work is one C++ call per phase.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch.profiler import record_function
+
+from gradcomp.comm import allgather_async, allreduce_async, exchange_lengths
+from gradcomp.telemetry import StepRecord
+
+if TYPE_CHECKING:
+    from gradcomp.hook import HookState
+
+__all__ = ["exchange_bucket"]
+
+
+def exchange_bucket(
+    state: HookState, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    buffer = bucket.buffer()
+    record, ratio = state._begin_bucket(buffer.device)
+    if state.step < state.start_iter:  # dense warm-up, as DDP's own allreduce hook does it
+        return _allreduce_bucket(state, bucket, record)
+    codec = state.plans.codec_for(bucket)
+    if codec is None:  # only empty parameters: nothing to send on any rank
+        state._end_issue(record, 0, 0, bucket.is_last())
+        state._finish_bucket(record, 0.0)
+        done: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        done.set_result(buffer)
+        return done
+    if state.plans.low_rank:
+        return _powersgd_exchange(state, bucket, codec, record)
+    if codec.all_dense:
+        # Nothing compressed: allreduce the bucket as DDP does. An inf on one rank spreads to
+        # every rank through the sum, so every GradScaler skips the step without a flag.
+        return _allreduce_bucket(state, bucket, record)
+    return _codec_exchange(state, bucket, codec, record, ratio)
+
+
+def _allreduce_bucket(
+    state: HookState, bucket: dist.GradBucket, record: StepRecord
+) -> torch.futures.Future[torch.Tensor]:
+    buffer = bucket.buffer()
+    dense = buffer.numel() * buffer.element_size()
+    issued = time.perf_counter()
+    with record_function("gradcomp::communicate"):
+        buffer.div_(state.world_size)
+        work, fut = allreduce_async(buffer, state.process_group)
+    state._end_issue(record, dense, dense, bucket.is_last())
+
+    def finish(done: torch.futures.Future) -> torch.Tensor:
+        value = done.value()[0]
+        state._finish_bucket(record, time.perf_counter() - issued)
+        return value
+
+    return state.in_flight.then(bucket.index(), [fut], finish, buffer.device, work)
+
+
+def _codec_exchange(
+    state: HookState,
+    bucket: dist.GradBucket,
+    codec: Any,
+    record: StepRecord,
+    ratio: torch.Tensor | None,
+) -> torch.futures.Future[torch.Tensor]:
+    buffer = bucket.buffer()
+    group, world = state.process_group, state.world_size
+    step = state.step  # _end_issue() below advances it after the last bucket
+    started = time.perf_counter()
+    with record_function("gradcomp::compress"):
+        messages = codec.encode(buffer, step, record.measure, ratio)
+    record.compress_seconds += time.perf_counter() - started
+    if record.measure:
+        input_sq, error_sq = codec.measured
+        record.input_sq += input_sq
+        record.error_sq += error_sq
+
+    sent = 0
+    received: list[torch.Tensor] = []
+    futures: list[torch.futures.Future] = []
+    works: list[dist.Work] = []
+    used: list[int] = []
+    issued = time.perf_counter()
+    with record_function("gradcomp::communicate"):
+        for index, ((collective, _dtype, _numel, variable), message) in enumerate(
+            zip(codec.channels, messages, strict=True)
+        ):
+            if collective == "allreduce":
+                work, fut = allreduce_async(message, group)
+                received.append(message)
+            elif variable:
+                # The one blocking exchange: every rank's payload length, so all can gather
+                # at the longest (a rank with nothing to send still sends its headers).
+                used = exchange_lengths(message.numel(), group, world, message.device)
+                sent += 8
+                padded = message.new_zeros(max(used))
+                padded[: message.numel()] = message
+                message = padded  # what crosses the wire, and what stats() counts
+                gathered, work, fut = allgather_async(message, group, world)
+                received.append(gathered)
+            else:
+                out = codec.gather_buffer(index)
+                gathered, work, fut = allgather_async(message, group, world, out=out)
+                received.append(gathered)
+            sent += message.numel() * message.element_size()
+            works.append(work)
+            futures.append(fut)
+    state._end_issue(record, sent, codec.numel * buffer.element_size(), bucket.is_last())
+
+    def finish(done: torch.futures.Future) -> torch.Tensor:
+        for fut in done.value() if len(futures) > 1 else [done]:
+            # Re-raises a failed collective; on CUDA also orders this stream after it.
+            fut.wait()
+        began = time.perf_counter()
+        with record_function("gradcomp::decompress"):
+            outcome = codec.decode(buffer, received, step, used)
+        state._finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
+        return buffer
+
+    return state.in_flight.then(bucket.index(), futures, finish, buffer.device, *works)
+
+
+def _powersgd_exchange(
+    state: HookState, bucket: dist.GradBucket, codec: Any, record: StepRecord
+) -> torch.futures.Future[torch.Tensor]:
+    """PowerSGD's two rounds: allreduce [flag | dense | P], orthonormalize, allreduce Q, decode.
+
+    Round 1 is waited for here, so that every collective is issued from this thread in bucket
+    order on every rank. Issuing round 2 from round 1's completion callback (as PyTorch's
+    powerSGD_hook does) lets ranks interleave one bucket's Q with another bucket's P in
+    different orders once a model has several buckets, which Gloo reports as a size mismatch.
+    """
+    buffer = bucket.buffer()
+    group = state.process_group
+    started = time.perf_counter()
+    with record_function("gradcomp::compress"):
+        first = codec.encode_first(buffer, record.measure)
+    record.compress_seconds += time.perf_counter() - started
+    issued = time.perf_counter()
+    with record_function("gradcomp::communicate"):
+        first_work, first_fut = allreduce_async(first, group)
+        first_work.wait()
+    record.communicate_seconds += time.perf_counter() - issued
+    began = time.perf_counter()
+    with record_function("gradcomp::compress"):
+        second = codec.encode_second(first)
+    record.compress_seconds += time.perf_counter() - began
+    if record.measure:
+        input_sq, error_sq = codec.measured
+        record.input_sq += input_sq
+        record.error_sq += error_sq
+    issued = time.perf_counter()
+    with record_function("gradcomp::communicate"):
+        work, fut = allreduce_async(second, group)
+    state._end_issue(
+        record, codec.bytes_sent, codec.numel * buffer.element_size(), bucket.is_last()
+    )
+
+    def finish(done: torch.futures.Future) -> torch.Tensor:
+        done.wait()  # re-raises a failed collective
+        began = time.perf_counter()
+        with record_function("gradcomp::decompress"):
+            outcome = codec.decode(buffer, first, second)
+        state._finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
+        return buffer
+
+    return state.in_flight.then(
+        bucket.index(), [fut], finish, buffer.device, work, first_work, first_fut
+    )
