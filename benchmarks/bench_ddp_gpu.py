@@ -90,9 +90,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 from torch.nn.parallel import DistributedDataParallel
 
 import gradcomp
-from gradcomp import _C
 
-from harness import write_records
+from harness import cuda_unavailable, write_records
 from models import GPT, Bottleneck, ResNet, parameter_count
 
 PLAIN = "plain DDP"
@@ -449,14 +448,13 @@ def main() -> int:
         )
     if args.time_budget < 0:
         parser.error(f"--time-budget {args.time_budget}: must be >= 0 (0: no limit)")
-    if args.device == "cuda" and not (torch.cuda.is_available() and _C.has_cuda_kernels()):
-        print(
-            "bench_ddp_gpu: --device cuda needs a visible GPU and a gradcomp build with CUDA "
-            f"kernels (GPU visible: {torch.cuda.is_available()}, CUDA kernels: "
-            f"{_C.has_cuda_kernels()}); for a CPU smoke run use --device cpu --scale tiny",
-            file=sys.stderr,
+    if args.device == "cuda":
+        problem = cuda_unavailable(
+            "bench_ddp_gpu", "for a CPU smoke run use --device cpu --scale tiny"
         )
-        return 2
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
 
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     backend = "nccl" if device.type == "cuda" else "gloo"

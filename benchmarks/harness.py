@@ -30,6 +30,20 @@ def median_ms(fn: Callable[[], object], repeat: int, device: str = "cpu") -> flo
     return statistics.median(times)
 
 
+def cuda_unavailable(script: str, hint: str = "") -> str | None:
+    """Why `--device cuda` cannot run here (no visible GPU, or a gradcomp without CUDA
+    kernels), or None when it can."""
+    from gradcomp import _C
+
+    if torch.cuda.is_available() and _C.has_cuda_kernels():
+        return None
+    return (
+        f"{script}: --device cuda needs a visible GPU and a gradcomp build with CUDA kernels "
+        f"(GPU visible: {torch.cuda.is_available()}, CUDA kernels: {_C.has_cuda_kernels()})"
+        + (f"; {hint}" if hint else "")
+    )
+
+
 def write_records(path: Path, records: list[dict], extra_meta: dict | None = None) -> None:
     """{"meta": date, machine, torch, command (and extra_meta); "records": [...]} to path."""
     meta = {

@@ -17,13 +17,17 @@
 #
 # Needs: nvcc, a CUDA build of torch, cmake, ninja, pytest; GoogleTest is taken from the system
 # or, when GTEST_SRC names a googletest source tree, built from it first (the lent GPU machines
-# have no GoogleTest and no network). Each step has its own time limit and a failing step does
+# have no GoogleTest and no network). The cubtopk step (our Top-K against cub::DeviceTopK)
+# needs CCCL >= 3.3 headers: GRADCOMP_CCCL33 naming their include directory, or PyPI's
+# nvidia-cuda-cccl 13.3 wheel in .gpu_wheels/ (fetch it where there is a network with
+#   pip download 'nvidia-cuda-cccl==13.3.*' --no-deps -d .gpu_wheels
+# and carry .gpu_wheels to the GPU machine); without either the step is skipped. Each step has its own time limit and a failing step does
 # not stop the later ones; the script exits non-zero when any step failed.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/results/gpu_check}"
-STEPS="${GPU_CHECK_STEPS:-info gtest build ctest pytest ddpbench bench memcheck racecheck}"
+STEPS="${GPU_CHECK_STEPS:-info gtest build ctest pytest ddpbench bench cubtopk memcheck racecheck}"
 DEADLINE="${GPU_CHECK_DEADLINE:-3600}"
 BUILD_DIR="${GRADCOMP_BUILD_DIR:-$ROOT/build/gpu}"
 PY="${PYTHON:-python3}"
@@ -87,6 +91,21 @@ step ddpbench 200 "$PY benchmarks/bench_ddp_gpu.py --device cuda --time-budget 1
 step bench 150 "$PY benchmarks/bench_compressors.py --device cuda --numel 1000000 25000000 \
   --ratio 0.001 0.01 --json '$OUT/compressors_cuda.json' --markdown '$OUT/compressors_cuda.md' && \
   cat '$OUT/compressors_cuda.md'"
+
+if [ -z "${GRADCOMP_CCCL33:-}" ]; then
+  wheel=$(ls "$ROOT"/.gpu_wheels/nvidia_cuda_cccl-13.*.whl 2>/dev/null | head -n 1)
+  if [ -n "$wheel" ]; then
+    rm -rf /tmp/cccl33 && mkdir -p /tmp/cccl33 && $PY -m zipfile -e "$wheel" /tmp/cccl33 &&
+      GRADCOMP_CCCL33=$(dirname "$(find /tmp/cccl33 -path '*/cub/device/device_topk.cuh' | head -n 1)")/../..
+  fi
+fi
+if [ -n "${GRADCOMP_CCCL33:-}" ]; then
+  step cubtopk 150 "nvcc -O3 -std=c++17 -arch=sm_90 --fmad=false -I'$GRADCOMP_CCCL33' -Icsrc \
+    benchmarks/cuda/topk_vs_cub.cu csrc/kernels/cuda/topk.cu csrc/kernels/common/segments.cpp \
+    -o /tmp/topk_vs_cub && /tmp/topk_vs_cub 25000000 | tee '$OUT/topk_vs_cub.json'"
+else
+  summary+=("$(printf '%-10s skipped: no CCCL >= 3.3 headers (see the top of this script)' cubtopk)")
+fi
 
 step memcheck 150 "compute-sanitizer --tool memcheck --error-exitcode 9 '$BUILD_DIR/gradcomp_cuda_kernels_test'"
 

@@ -26,6 +26,11 @@ int64_t align_up(int64_t value, int64_t alignment) {
 
 // GRADCOMP_DEVICE_PATH=0 runs CUDA buckets entry by entry, as before the device path existed:
 // for comparisons, and as a way around a device-path problem without a rebuild.
+// The gradient types the device path's kernels read and write; others go entry by entry.
+bool device_dtype(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
 bool device_path_enabled() {
   static const bool enabled = [] {
     const char* value = std::getenv("GRADCOMP_DEVICE_PATH");
@@ -157,7 +162,7 @@ std::vector<at::Tensor> BucketCodec::encode(const at::Tensor& bucket, int64_t st
   }
   DeviceState& state = state_for(bucket.device());
   measured_ = {};
-  if (state.device_codec != nullptr && !measure) {
+  if (state.device_codec != nullptr && !measure && device_dtype(bucket.scalar_type())) {
     encode_on_device(bucket, step, scale_ratio, state);
     return state.messages;
   }
@@ -298,7 +303,7 @@ DecodeOutcome BucketCodec::decode(const at::Tensor& bucket, const std::vector<at
     TORCH_CHECK_VALUE(tensor.device() == bucket.device(), "decode: a received tensor is on ",
                       tensor.device(), " but the bucket is on ", bucket.device());
   }
-  if (uses_device_path(bucket.device())) {
+  if (uses_device_path(bucket.device()) && device_dtype(bucket.scalar_type())) {
     DeviceState& state = state_for(bucket.device());
     state.device_codec->decode(bucket, received, step);
     return DecodeOutcome::kUnchecked;  // the flags were applied on the device

@@ -45,7 +45,9 @@ void encode_cuda(const at::Tensor& x, const at::Tensor* grad, const at::Tensor& 
   // its reciprocal, which can differ from the CPU's division in the last bit.
   const auto scale = values.abs().max().div(at::scalar_tensor(127.0, values.options()));
   const auto inverse = at::where(scale.gt(0), scale.reciprocal(), 0.0);
-  const auto codes = at::where(finite, values.mul(inverse).round().clamp(-127, 127), 0.0);
+  // nan_to_num: a scale so small that 1 / scale overflows makes a zero value 0 * inf = NaN.
+  const auto codes =
+      at::where(finite, values.mul(inverse).round().nan_to_num(0.0).clamp(-127, 127), 0.0);
   payload_part(payload, 0, 1, at::kFloat)
       .copy_(at::where(finite, scale, std::nan("")).reshape({1}));
   payload_part(payload, 4 + 4 * k, k, at::kChar).copy_(codes);

@@ -338,19 +338,21 @@ MIXED_METHODS = [
 ]
 
 
-def _mixed_entries() -> list[tuple[str, int, int, bool, int, int]]:
+def _entries_for(specs: list[str], dense: bool) -> list[tuple[str, int, int, bool, int, int]]:
     """(name, offset, numel, compress, rows, method): every method twice at different sizes
-    (one of a single element), dense entries between them and a gap of padding."""
+    (one of them a single element), with padding between parameters and, when `dense`, a small
+    uncompressed tensor after each method's pair."""
     entries = []
     offset = 0
     sizes = [1, 3000, 70_001, 257, 40_000, 4097, 1024, 100_003]
-    for m in range(len(MIXED_METHODS)):
+    for m in range(len(specs)):
         for i in range(2):
             numel = sizes[(m + 3 * i) % len(sizes)]
             entries.append((f"m{m}.p{i}", offset, numel, True, 0, m))
-            offset += numel
-        entries.append((f"m{m}.bias", offset, 33, False, 0, 0))
-        offset += 33 + (m % 3)  # padding between parameters
+            offset += numel + (m % 3)  # padding between parameters
+        if dense:
+            entries.append((f"m{m}.bias", offset, 33, False, 0, 0))
+            offset += 33
     return entries
 
 
@@ -373,22 +375,25 @@ def _exchange_on_device(codecs: list, messages: list[list[torch.Tensor]]) -> lis
     return received
 
 
-@needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("world", [2, 3])
-def test_device_path_matches_the_entry_path_and_the_cpu(dtype: torch.dtype, world: int) -> None:
-    """Every rank's messages and residuals from the segmented kernels are bit-identical to the
+def _compare_paths(
+    specs: list[str], dense: bool, dtype: torch.dtype, world: int, error_feedback: bool
+) -> None:
+    """Every rank's messages and residuals from the device path are bit-identical to the
     entry-by-entry path's (which measure=True forces), through a loss-scale ratio and a step
-    where one rank's bucket holds an inf; the device decode matches the CPU decode of the same
-    received messages (bit for bit when dividing by the world size is exact)."""
-    methods = [_C.make_compressor(*_split(spec)) for spec in MIXED_METHODS]
-    entries = _mixed_entries()
+    where rank 1's bucket holds an inf (with a ratio too); the device decode matches the CPU
+    decode of the same received messages (bit for bit when dividing by the world size is
+    exact), and a flagged step leaves every entry NaN and the padding untouched."""
+    methods = [_C.make_compressor(*_split(spec)) for spec in specs]
+    entries = _entries_for(specs, dense)
     numel = entries[-1][1] + entries[-1][2] + 2
     cuda = torch.device("cuda")
 
     def ranks() -> tuple[list, list]:
         efs = [_C.ErrorFeedback() for _ in range(world)]
-        return [_C.BucketCodec(methods, entries, efs[r], 5, r, world) for r in range(world)], efs
+        return [
+            _C.BucketCodec(methods, entries, efs[r] if error_feedback else None, 5, r, world)
+            for r in range(world)
+        ], efs
 
     device_codecs, device_efs = ranks()
     entry_codecs, entry_efs = ranks()
@@ -397,9 +402,9 @@ def test_device_path_matches_the_entry_path_and_the_cpu(dtype: torch.dtype, worl
     for step in range(4):
         buckets = [_x(numel, seed=100 * step + r).to(dtype).cuda() for r in range(world)]
         if step == 3:
-            buckets[1][entries[4][1] + 2] = float("inf")
+            buckets[1][entries[-2][1] + 1] = float("inf")
         kept = [ef.state_dict() for ef in device_efs]
-        ratio = torch.full((1,), 2.0, device=cuda) if step == 2 else None
+        ratio = torch.full((1,), 2.0, device=cuda) if step >= 2 else None
         device_messages = [
             c.encode(b.clone(), step, False, ratio)
             for c, b in zip(device_codecs, buckets, strict=True)
@@ -424,10 +429,15 @@ def test_device_path_matches_the_entry_path_and_the_cpu(dtype: torch.dtype, worl
         on_cpu = buckets[0].cpu().clone()
         cpu_codec.decode(on_cpu, [t.cpu() for t in received], step)
         if step == 3:
-            # Rank 1 flagged: every rank's bucket is NaN, rank 1's residuals are unchanged.
-            assert on_device.isnan().all() and on_cpu.isnan().all()
+            # Rank 1 flagged: every entry of every rank's bucket is NaN, the padding is as it
+            # was, and rank 1's residuals only took the ratio.
+            covered = torch.zeros(numel, dtype=torch.bool)
+            for _name, offset, size, *_rest in entries:
+                covered[offset : offset + size] = True
+            assert on_device.cpu()[covered].isnan().all() and on_cpu[covered].isnan().all()
+            assert torch.equal(on_device.cpu()[~covered], buckets[0].cpu()[~covered])
             for name, residual in device_efs[1].state_dict().items():
-                assert torch.equal(_bits(residual), _bits(kept[1][name])), name
+                assert torch.equal(residual.cpu(), kept[1][name].cpu() * 2.0), name
             continue
         if world == 2:
             assert torch.equal(_bits(on_device), _bits(on_cpu)), step
@@ -437,18 +447,120 @@ def test_device_path_matches_the_entry_path_and_the_cpu(dtype: torch.dtype, worl
 
 
 @needs_gpu
-def test_device_path_rebuilds_its_tables_for_a_new_bucket_and_new_residuals() -> None:
-    """The tables hold addresses: another bucket tensor, or residuals replaced by a checkpoint
-    load, must be picked up (the result equals a fresh codec's)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("world", [2, 3])
+def test_device_path_matches_the_entry_path_and_the_cpu(dtype: torch.dtype, world: int) -> None:
+    """Every method of the family in one bucket with dense tensors (an fp32 channel 0)."""
+    _compare_paths(MIXED_METHODS, True, dtype, world, error_feedback=True)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_device_path_without_error_feedback(dtype: torch.dtype) -> None:
+    """The compressors read the float32 bucket itself, or a float32 copy of a 16-bit one."""
+    _compare_paths(MIXED_METHODS, True, dtype, 2, error_feedback=False)
+
+
+@needs_gpu
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("error_feedback", [True, False])
+def test_device_path_with_the_flag_in_a_byte_channel(world: int, error_feedback: bool) -> None:
+    """Nothing dense: channel 0 is the byte allgather, with one 8-byte flag slot per rank."""
+    specs = ["topk:ratio=0.01", "qsgd:bits=4", "topk_int8:ratio=0.05"]
+    _compare_paths(specs, False, torch.float32, world, error_feedback)
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", ["fp16", "bf16"])
+def test_device_path_with_the_flag_in_a_16_bit_channel(spec: str) -> None:
+    """Casts only: channel 0 is the 16-bit allreduce, whose flag slot is a summed 16-bit one."""
+    _compare_paths([spec], False, torch.float32, 2, error_feedback=True)
+
+
+@needs_gpu
+def test_device_path_with_hundreds_of_topk_entries_captures_in_a_cuda_graph() -> None:
+    """700 Top-K entries in one bucket (one select for all of them, whatever their number), the
+    encode captured in a CUDA graph (it never waits for the host) and replayed."""
+    method = _C.make_compressor("topk", {"ratio": 0.05})
+    g = torch.Generator().manual_seed(9)
+    sizes = torch.randint(1, 3000, (700,), generator=g).tolist()
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    entries = [(f"p{i}", offsets[i], size, True, 0) for i, size in enumerate(sizes)]
+    bucket = _x(offsets[-1], seed=4).cuda()
+    direct = _C.BucketCodec(method, entries, None, 0, 0, 1)
+    expected = [m.clone() for m in direct.encode(bucket, 0)]
+    cpu = _C.BucketCodec(method, entries, None, 0, 0, 1)
+    for got, reference in zip(expected, cpu.encode(bucket.cpu(), 0), strict=True):
+        assert torch.equal(_bits(got), _bits(reference))
+    captured = _C.BucketCodec(method, entries, None, 0, 0, 1)
+    captured.encode(bucket, 0)  # tables and workspaces are built outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="relaxed"):
+        messages = captured.encode(bucket, 0)
+    for message in messages:
+        message.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, reference in zip(messages, expected, strict=True):
+        assert torch.equal(_bits(got), _bits(reference))
+
+
+@needs_gpu
+def test_device_path_decodes_on_another_stream() -> None:
+    """The hook decodes on a future callback's stream, not the stream that encoded."""
+    method = _C.make_compressor("topk", {"ratio": 0.05})
+    entries = [("a", 0, 50_000, True, 0), ("b", 50_000, 40, False, 0), ("c", 50_040, 7000, True, 0)]
+    codec = _C.BucketCodec(method, entries, _C.ErrorFeedback(), 0, 0, 1)
+    bucket = _x(57_040, seed=3).cuda()
+    received = [m.clone() for m in codec.encode(bucket.clone(), 0)]
+    expected = bucket.clone()
+    codec.decode(expected, [t.clone() for t in received], 0)
+    side = torch.cuda.Stream()
+    out = bucket.clone()
+    copies = [t.clone() for t in received]
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        codec.decode(out, copies, 0)
+    torch.cuda.current_stream().wait_stream(side)
+    assert torch.equal(_bits(out), _bits(expected))
+
+
+@needs_gpu
+def test_device_path_rebuilds_its_tables_for_another_bucket_tensor() -> None:
+    """The tables hold the bucket's address (without error feedback the compressors read the
+    bucket itself): another bucket tensor must be picked up, and decode may write to another
+    tensor than the one encoded."""
+    method = _C.make_compressor("qsgd", {"bits": 4})
+    entries = [("a", 0, 5000, True, 0), ("b", 5000, 20, False, 0), ("c", 5020, 3000, True, 0)]
+    codec = _C.BucketCodec(method, entries, None, 0, 0, 1)
+    first = _x(8020, seed=1).cuda()
+    codec.encode(first, 0)
+    second = _x(8020, seed=2).cuda()  # `first` is alive: another address
+    got = [m.clone() for m in codec.encode(second, 1)]
+    fresh = _C.BucketCodec(method, entries, None, 0, 0, 1)
+    for message, expected in zip(got, fresh.encode(second, 1), strict=True):
+        assert torch.equal(_bits(message), _bits(expected))
+    out, expected_out = torch.zeros_like(second), torch.zeros_like(second)
+    codec.decode(out, [t.clone() for t in got], 1)
+    fresh.decode(expected_out, [t.clone() for t in got], 1)
+    assert torch.equal(_bits(out), _bits(expected_out))
+
+
+@needs_gpu
+def test_device_path_rebuilds_its_tables_for_new_residuals() -> None:
+    """Residuals replaced by a checkpoint load move to new storage: the result must equal a
+    fresh codec's that loaded the same residuals."""
     method = _C.make_compressor("topk", {"ratio": 0.05})
     entries = [("a", 0, 5000, True, 0), ("b", 5000, 20, False, 0), ("c", 5020, 3000, True, 0)]
     ef, fresh_ef = _C.ErrorFeedback(), _C.ErrorFeedback()
     codec = _C.BucketCodec(method, entries, ef, 0, 0, 1)
-    codec.encode(_x(8020, seed=1).cuda(), 0)
+    bucket = _x(8020, seed=1).cuda()
+    codec.encode(bucket.clone(), 0)
     ef.load_state_dict({"a": torch.randn(5000).cuda(), "c": torch.randn(3000).cuda()})
     fresh_ef.load_state_dict(ef.state_dict())
     fresh = _C.BucketCodec(method, entries, fresh_ef, 0, 0, 1)
-    bucket = _x(8020, seed=2).cuda()  # a new tensor, at another address
     got_messages = codec.encode(bucket.clone(), 1)
     for got, expected in zip(got_messages, fresh.encode(bucket.clone(), 1), strict=True):
         assert torch.equal(_bits(got), _bits(expected))

@@ -22,10 +22,12 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <vector>
 
+#include "compressors/cuda/stream.h"
 #include "kernels/common/philox.h"
 #include "kernels/cuda/bucket.h"
 
@@ -35,16 +37,6 @@ namespace {
 namespace cuda = kernels::cuda;
 using kernels::Tile;
 using Kind = DeviceEncoding::Kind;
-
-cudaStream_t current_stream(const at::Device& device) {
-  const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
-  return static_cast<cudaStream_t>(impl.getStream(device).native_handle());
-}
-
-void check_launch(cudaError_t status, const char* kernel) {
-  TORCH_CHECK(status == cudaSuccess, "gradcomp: CUDA kernel ", kernel,
-              " failed to launch: ", cudaGetErrorString(status));
-}
 
 cuda::ElementType element_type(at::ScalarType dtype) {
   switch (dtype) {
@@ -124,6 +116,10 @@ class CudaBucketCodec final : public DeviceBucketCodec {
           p.method == nullptr ? Kind::kDense : p.method->device_encoding(p.entry.numel).kind;
       TORCH_CHECK_VALUE(kind != Kind::kNone, "bucket codec: parameter '", p.entry.name, "' uses ",
                         p.method->name(), ", which has no bucket-level CUDA path");
+      const bool indexed = kind == Kind::kRandomK || kind == Kind::kTopK || kind == Kind::kTopKInt8;
+      TORCH_CHECK_VALUE(!indexed || p.entry.numel <= INT32_MAX, "bucket codec: parameter '",
+                        p.entry.name, "' has ", p.entry.numel, " elements; ", p.method->name(),
+                        " takes at most 2^31-1 (indices are int32)");
       // Dense values and Random-K's summed values travel in the fp32 allreduce, which the
       // layout always puts first (channel 0, with the flag slot).
       TORCH_CHECK((kind != Kind::kDense && kind != Kind::kRandomK) || p.channel == 0,
@@ -194,6 +190,19 @@ class CudaBucketCodec final : public DeviceBucketCodec {
     const c10::DeviceGuard guard(device_);
     const cudaStream_t stream = current_stream(device_);
     prepare(bucket);
+    for (size_t i = 0; i < received.size(); ++i) {
+      // Kernels read floats and int32s in place from byte channels.
+      TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(received[i].data_ptr()) % 8 == 0,
+                        "decode: received channel ", i,
+                        " starts at a misaligned address; valid: 8-byte aligned (a tensor of its "
+                        "own, not a view at an offset)");
+    }
+    // Decode runs on the future callback's stream: tell the caching allocator that the tables
+    // and the workspace (allocated on the encode stream) are used here too.
+    const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
+    const c10::Stream decode_stream = impl.getStream(device_);
+    impl.recordDataPtrOnStream(tables_.storage().data_ptr(), decode_stream);
+    impl.recordDataPtrOnStream(workspace_.storage().data_ptr(), decode_stream);
     const auto type = element_type(bucket.scalar_type());
     void* out = bucket.data_ptr();
     const Channel& first = layout_.channels[0];
@@ -274,11 +283,13 @@ class CudaBucketCodec final : public DeviceBucketCodec {
         at::empty({2 * topk_total_n_}, at::TensorOptions().dtype(at::kInt).device(device_));
     auto* values = static_cast<float*>(pointer(sorted_values_offset_));
     auto* indices = static_cast<int32_t*>(pointer(sorted_indices_offset_));
+    const cuda::Tiles word_tiles{reinterpret_cast<const Tile*>(base + topk_word_tiles_.offset),
+                                 topk_word_tiles_.count, 0, 0};
     check_launch(cuda::topk_select_segments(
-                     segments(topk_), tiles(topk_),
+                     segments(topk_), tiles(topk_), word_tiles,
                      reinterpret_cast<const kernels::SliceBlock*>(base + topk_blocks_.offset),
-                     topk_blocks_.count, 0, topk_total_n_, topk_total_k_, values, indices,
-                     static_cast<int32_t*>(candidates.data_ptr()), pointer(select_offset_),
+                     topk_blocks_.count, 0, topk_total_n_, topk_total_k_, topk_total_words_, values,
+                     indices, static_cast<int32_t*>(candidates.data_ptr()), pointer(select_offset_),
                      select_bytes_, stream),
                  "topk_select_segments");
     check_launch(cuda::topk_pack_segments(segments(pack_), tiles(pack_), values, indices,
@@ -344,10 +355,17 @@ class CudaBucketCodec final : public DeviceBucketCodec {
     state_offset_ = reserve(2 * sizeof(uint32_t));
     const size_t staging_offset = reserve(static_cast<size_t>(staging) * sizeof(float));
     const size_t accumulator_offset = reserve(static_cast<size_t>(accumulated) * sizeof(float));
+    // Top-K's winner bitmaps: ceil(n / 32) words per segment, tiled for the ordering passes.
+    std::vector<int64_t> topk_words;
+    for (const int64_t n : topk_n) topk_words.push_back((n + 31) / 32);
+    const auto word_tiles = kernels::make_tiles(topk_words, cuda::kTopKWordTile);
+    topk_total_words_ = 0;
+    for (const int64_t words : topk_words) topk_total_words_ += words;
     select_bytes_ = 0;
     if (!topk_n.empty()) {
-      check_launch(cuda::topk_workspace_bytes(static_cast<int32_t>(topk_n.size()), topk_total_k_,
-                                              &select_bytes_),
+      check_launch(cuda::topk_workspace_bytes(
+                       static_cast<int32_t>(topk_n.size()), topk_total_k_, topk_total_words_,
+                       static_cast<int64_t>(word_tiles.size()), &select_bytes_),
                    "topk_workspace_bytes");
     }
     select_offset_ = reserve(select_bytes_);
@@ -362,7 +380,7 @@ class CudaBucketCodec final : public DeviceBucketCodec {
     auto* accumulator_base = static_cast<float*>(pointer(accumulator_offset));
 
     // The segments, placement by placement.
-    int64_t staged = 0, accumulator_at = 0, winners = 0, topk_at = 0;
+    int64_t staged = 0, accumulator_at = 0, winners = 0, topk_at = 0, words_at = 0;
     any_int8_ = false;
     topk_channel_ = 0;
     for (size_t i = 0; i < layout_.placements.size(); ++i) {
@@ -433,11 +451,12 @@ class CudaBucketCodec final : public DeviceBucketCodec {
           const int32_t int8 = e.kind == Kind::kTopKInt8 ? 1 : 0;
           any_int8_ = any_int8_ || int8 != 0;
           topk_channel_ = p.channel;
-          add(topk_, cuda::TopKSegment{x, n, e.k, winners, topk_at}, n);
+          add(topk_, cuda::TopKSegment{x, n, e.k, winners, topk_at, words_at}, n);
           add(pack_, cuda::TopKPackSegment{residual, p.channel_offset, e.k, winners, int8}, e.k);
           add(sparse_, cuda::SparseSegment{out, n, e.k, p.channel_offset, int8}, e.k);
           winners += e.k;
           topk_at += n;
+          words_at += (n + 31) / 32;
           break;
         }
         case Kind::kDense:
@@ -464,6 +483,7 @@ class CudaBucketCodec final : public DeviceBucketCodec {
     for (auto& group : quantizers_) finish(group, cuda::kElementTile);
     const auto blocks = kernels::make_slice_blocks(topk_n, cuda::kTopKSlice, 1024);
     topk_blocks_ = {arena.add(blocks), static_cast<int64_t>(blocks.size())};
+    topk_word_tiles_ = {arena.add(word_tiles), static_cast<int64_t>(word_tiles.size())};
     upload(arena);
   }
 
@@ -535,8 +555,8 @@ class CudaBucketCodec final : public DeviceBucketCodec {
   Group<cuda::AccumulatorSegment> accumulators_;
   std::vector<CastGroup> casts_;
   std::vector<QuantizeGroup> quantizers_;
-  TableRef topk_blocks_;
-  int64_t topk_total_n_ = 0, topk_total_k_ = 0, topk_channel_ = 0;
+  TableRef topk_blocks_, topk_word_tiles_;
+  int64_t topk_total_n_ = 0, topk_total_k_ = 0, topk_total_words_ = 0, topk_channel_ = 0;
   bool any_int8_ = false;
 };
 

@@ -16,6 +16,7 @@
 #include <mutex>
 
 #include "compressors/cuda/bucket_device_codec.h"
+#include "compressors/cuda/stream.h"
 #include "compressors/cuda_kernels.h"
 #include "kernels/cuda/kernels.h"
 
@@ -23,16 +24,6 @@ namespace gradcomp {
 namespace {
 
 namespace cuda = kernels::cuda;
-
-cudaStream_t current_stream(const at::Device& device) {
-  const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
-  return static_cast<cudaStream_t>(impl.getStream(device).native_handle());
-}
-
-void check_launch(cudaError_t status, const char* kernel) {
-  TORCH_CHECK(status == cudaSuccess, "gradcomp: CUDA kernel ", kernel,
-              " failed to launch: ", cudaGetErrorString(status));
-}
 
 template <typename T>
 T* pointer(const at::Tensor& t) {
@@ -188,6 +179,13 @@ class CudaBackend final : public CudaKernels {
     if (it == deferred_.end()) return;
     DeferredIndexCheck& state = it->second;
     const c10::DeviceGuard guard(device);
+    // Inside a CUDA graph capture the event and the copy would become graph nodes: check at
+    // the next encode outside it.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(current_stream(device), &capture) != cudaSuccess ||
+        capture != cudaStreamCaptureStatusNone) {
+      return;
+    }
     if (state.copy_pending) {
       if (!state.copied->query()) return;  // the device is not there yet: check next time
       state.copy_pending = false;

@@ -32,9 +32,10 @@ float int8_symmetric_encode(const float* values, int64_t k, int8_t* codes) {
   const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
   for (int64_t i = 0; i < k; ++i) {
     // nearbyint rounds half to even in the default rounding mode; the clamp only guards the
-    // last ulp of v / scale at max_abs.
+    // last ulp of v / scale at max_abs. A scale so small that 1 / scale overflows makes a zero
+    // value 0 * inf = NaN: it is still a zero.
     const float q = std::nearbyint(values[i] * inverse);
-    codes[i] = static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, q)));
+    codes[i] = std::isnan(q) ? 0 : static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, q)));
   }
   return scale;
 }

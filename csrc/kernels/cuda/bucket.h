@@ -37,8 +37,9 @@ struct Segments {
   const T* table;
   T single;
   int32_t count;
-  // On the host only `single` can be read (the table is device memory).
-  GRADCOMP_HOST_DEVICE const T& operator[](int32_t i) const {
+  // By value, so that kernels keep a segment in registers. On the host only `single` can be
+  // read (the table is device memory).
+  GRADCOMP_HOST_DEVICE T operator[](int32_t i) const {
     return table != nullptr ? table[i] : single;
   }
 };
@@ -168,25 +169,31 @@ struct TopKSegment {
   int64_t k;           // 1 <= k <= n <= 2^31 - 1
   int64_t winners;     // offset of this segment's k winners in the winner arrays
   int64_t candidates;  // offset of its candidate lists (the sum of n before it)
+  int64_t bitmap;      // offset (in 32-bit words) of its winner bitmap: ceil(n / 32) words
 };
-// Bytes of the select's workspace for `count` segments with total_k winners (cub's segmented
-// sort included); the candidate lists (2 * total_n int32, total_n the sum of the segments' n)
-// are passed separately.
-cudaError_t topk_workspace_bytes(int32_t count, int64_t total_k, size_t* bytes);
+// Bytes of the select's workspace for `count` segments with total_k winners, total_words bitmap
+// words (the sum of ceil(n / 32)) and word_tiles tiles over them; the candidate lists
+// (2 * total_n int32, total_n the sum of the segments' n) are passed separately.
+cudaError_t topk_workspace_bytes(int32_t count, int64_t total_k, int64_t total_words,
+                                 int64_t word_tiles, size_t* bytes);
 // The k largest-magnitude elements of every segment, with the CPU's tie rule, into
 // values[winners + j] and indices[winners + j] (int32 positions within the segment) in
-// ascending index order per segment. tiles cover every element of every segment; blocks list
-// the candidate passes' blocks (kernels/common/segments.h: make_slice_blocks), or are null
-// for a single segment, which then uses `single_slices` blocks.
-cudaError_t topk_select_segments(Segments<TopKSegment> segments, Tiles tiles,
+// ascending index order per segment. tiles cover every element of every segment, word_tiles
+// every word of every segment's bitmap (kTopKWordTile words each); blocks list the candidate
+// passes' blocks (kernels/common/segments.h: make_slice_blocks), or are null for a single
+// segment, which then uses `single_slices` blocks.
+cudaError_t topk_select_segments(Segments<TopKSegment> segments, Tiles tiles, Tiles word_tiles,
                                  const SliceBlock* blocks, int64_t block_count,
                                  int32_t single_slices, int64_t total_n, int64_t total_k,
-                                 float* values, int32_t* indices, int32_t* candidates,
-                                 void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                                 int64_t total_words, float* values, int32_t* indices,
+                                 int32_t* candidates, void* workspace, size_t workspace_bytes,
+                                 cudaStream_t stream);
 // The tile size for the select's element tiles (any size works; this one gives each block eight
-// of its 2048-element rounds) and the elements per candidate-pass slice (make_slice_blocks).
+// of its 2048-element rounds), the elements per candidate-pass slice (make_slice_blocks) and
+// the bitmap words per tile of the ordering passes.
 constexpr int32_t kTopKTile = 16384;
 constexpr int64_t kTopKSlice = 16384;
+constexpr int32_t kTopKWordTile = 8192;
 
 struct TopKPackSegment {
   float* residual;  // error feedback: the selected elements leave it, or null

@@ -49,7 +49,7 @@ template <ElementType T>
 __global__ void pack_dense_kernel(const void* bucket, Segments<CopySegment> segments, Tiles tiles,
                                   float* channel, const uint32_t* nonfinite) {
   const Tile tile = tiles[blockIdx.x];
-  const CopySegment& s = segments[tile.segment];
+  const CopySegment s = segments[tile.segment];
   const bool bad = *nonfinite != 0;
 #pragma unroll 4
   for (int32_t j = threadIdx.x; j < tile.count; j += blockDim.x) {
@@ -64,7 +64,7 @@ __global__ void unpack_dense_kernel(const float* channel, Segments<CopySegment> 
                                     void* bucket) {
   const bool bad = block_flagged(flags);
   const Tile tile = tiles[blockIdx.x];
-  const CopySegment& s = segments[tile.segment];
+  const CopySegment s = segments[tile.segment];
 #pragma unroll 4
   for (int32_t j = threadIdx.x; j < tile.count; j += blockDim.x) {
     const int64_t e = tile.begin + j;
@@ -80,7 +80,7 @@ template <ElementType T>
 __global__ void prepare_inputs_kernel(const void* bucket, Segments<InputSegment> segments,
                                       Tiles tiles, const float* ratio, const uint32_t* nonfinite) {
   const Tile tile = tiles[blockIdx.x];
-  const InputSegment& s = segments[tile.segment];
+  const InputSegment s = segments[tile.segment];
   const bool bad = *nonfinite != 0;
   const bool scaled = ratio != nullptr;
   const float factor = scaled ? *ratio : 1.0f;
@@ -101,7 +101,7 @@ __global__ void prepare_inputs_kernel(const void* bucket, Segments<InputSegment>
 
 __global__ void zero_accumulators_kernel(Segments<AccumulatorSegment> segments, Tiles tiles) {
   const Tile tile = tiles[blockIdx.x];
-  const AccumulatorSegment& s = segments[tile.segment];
+  const AccumulatorSegment s = segments[tile.segment];
 #pragma unroll 4
   for (int32_t j = threadIdx.x; j < tile.count; j += blockDim.x) s.out[tile.begin + j] = 0.0f;
 }
@@ -111,7 +111,7 @@ __global__ void finish_accumulators_kernel(Segments<AccumulatorSegment> segments
                                            FlagSlots flags, void* bucket) {
   const bool bad = block_flagged(flags);
   const Tile tile = tiles[blockIdx.x];
-  const AccumulatorSegment& s = segments[tile.segment];
+  const AccumulatorSegment s = segments[tile.segment];
 #pragma unroll 4
   for (int32_t j = threadIdx.x; j < tile.count; j += blockDim.x) {
     const int64_t e = tile.begin + j;

@@ -201,7 +201,7 @@ __global__ void quantize_encode_kernel(QuantizeParams p, Segments<QuantizeSegmen
       static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + static_cast<int64_t>(threadIdx.x / kWarp);
   if (global >= total_chunks) return;  // whole warps leave together
   const int32_t index = find_segment(segments.count, global, FirstChunk{segments});
-  const QuantizeSegment& s = segments[index];
+  const QuantizeSegment s = segments[index];
   Chunk c;
   c.index = global - s.first_chunk;
   c.count = chunk_count(s.n, p.chunk);
@@ -226,7 +226,7 @@ __global__ void quantize_decode_kernel(QuantizeParams p, Segments<QuantizeSegmen
                                        void* bucket) {
   const bool bad = block_flagged(flags);
   const Tile tile = tiles[blockIdx.x];
-  const QuantizeSegment& s = segments[tile.segment];
+  const QuantizeSegment s = segments[tile.segment];
   for (int32_t j = threadIdx.x; j < tile.count; j += blockDim.x) {
     const int64_t e = tile.begin + j;
     // Zero, plus every rank's value in rank order, times 1 / world: the entry-by-entry decode.
@@ -260,7 +260,7 @@ __global__ void cast_encode_segments_kernel(Segments<CastSegment> segments, Tile
                                             float scale, float feedback_alpha, uint16_t* channel,
                                             const uint32_t* nonfinite) {
   const Tile tile = tiles[blockIdx.x];
-  const CastSegment& s = segments[tile.segment];
+  const CastSegment s = segments[tile.segment];
   const bool bad = *nonfinite != 0;
 #pragma unroll 4
   for (int32_t j = threadIdx.x; j < tile.count; j += blockDim.x) {
@@ -281,7 +281,7 @@ __global__ void cast_decode_segments_kernel(const uint16_t* channel, Segments<Ca
                                             Tiles tiles, bool half, FlagSlots flags, void* bucket) {
   const bool bad = block_flagged(flags);
   const Tile tile = tiles[blockIdx.x];
-  const CastSegment& s = segments[tile.segment];
+  const CastSegment s = segments[tile.segment];
 #pragma unroll 4
   for (int32_t j = threadIdx.x; j < tile.count; j += blockDim.x) {
     const int64_t e = tile.begin + j;

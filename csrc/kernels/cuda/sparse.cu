@@ -43,7 +43,7 @@ __global__ void randomk_encode_segments_kernel(Segments<RandomKSegment> segments
                                                float* channel, uint64_t step,
                                                const uint32_t* nonfinite) {
   const Tile tile = tiles[blockIdx.x];
-  const RandomKSegment& s = segments[tile.segment];
+  const RandomKSegment s = segments[tile.segment];
   const bool bad = *nonfinite != 0;
   for (int32_t t = threadIdx.x; t < tile.count; t += blockDim.x) {
     const int64_t j = tile.begin + t;
@@ -66,7 +66,7 @@ __global__ void randomk_decode_segments_kernel(const float* channel,
                                                FlagSlots flags) {
   if (block_flagged(flags)) return;  // the accumulators are finished as NaN
   const Tile tile = tiles[blockIdx.x];
-  const RandomKSegment& s = segments[tile.segment];
+  const RandomKSegment s = segments[tile.segment];
   for (int32_t t = threadIdx.x; t < tile.count; t += blockDim.x) {
     const int64_t j = tile.begin + t;
     int64_t size = 0;
@@ -81,7 +81,7 @@ __global__ void sparse_decode_segments_kernel(const uint8_t* rank_channel,
                                               FlagSlots flags, unsigned long long* first_bad) {
   if (block_flagged(flags)) return;
   const Tile tile = tiles[blockIdx.x];
-  const SparseSegment& s = segments[tile.segment];
+  const SparseSegment s = segments[tile.segment];
   const uint8_t* payload = rank_channel + s.payload;
   for (int32_t t = threadIdx.x; t < tile.count; t += blockDim.x) {
     const int64_t j = tile.begin + t;

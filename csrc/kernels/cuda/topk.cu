@@ -14,12 +14,15 @@
 //   3. the remaining digits repeat step 2 on the shrinking candidate lists only.
 // A kernel with one block per segment picks each digit's bin on the device and stops that
 // segment's passes as soon as a whole bin is taken, so nothing waits for the host and later
-// launches return at once. The winners are written in no particular order, then sorted by
-// index within each segment (cub::DeviceSegmentedSort of k pairs). Appends are
-// block-aggregated (one global atomic per block tile) and histogram updates warp-aggregated
-// (one shared atomic per distinct bin per warp: gradients crowd into a few bins).
+// launches return at once. The winners are found in no particular order; they are put in
+// index order without a sort: each marks its bit in its segment's winner bitmap, tiles of the
+// bitmap count their bits, one block scans the counts, and each tile writes its winners at
+// their places (a fixed four launches whatever the number of segments; CUB's segmented sort
+// waits for the host once a bucket has more than 500 segments, and sorts each segment with
+// one block). Appends are block-aggregated (one global atomic per block tile) and histogram
+// updates warp-aggregated (one shared atomic per distinct bin per warp: gradients crowd into
+// a few bins).
 #include <cub/block/block_scan.cuh>
-#include <cub/device/device_segmented_sort.cuh>
 
 #include "kernels/common/elementwise.h"
 #include "kernels/cuda/bucket_common.cuh"
@@ -54,13 +57,13 @@ struct SelectState {
 // Where a run's per-segment state lives inside its workspace.
 struct Workspace {
   SelectState* states;
-  uint32_t* histograms;          // [segment][digit][bin]
-  unsigned long long* counters;  // [segment][kCounters]
-  int64_t* offsets;              // winner offsets, count + 1, for the segmented sort
-  float* winner_values;          // total_k, unsorted
-  uint32_t* winner_indices;      // total_k, unsorted
-  void* sort_temp;
-  size_t sort_bytes;
+  uint32_t* histograms;              // [segment][digit][bin]
+  unsigned long long* counters;      // [segment][kCounters]
+  float* winner_values;              // total_k, unordered
+  uint32_t* winner_indices;          // total_k, unordered
+  uint32_t* bitmap;                  // total_words: bit i of a segment's map set for winner i
+  unsigned long long* tile_counts;   // winners per word tile
+  unsigned long long* tile_offsets;  // winners before each word tile (all segments)
 };
 
 size_t align(size_t bytes) { return (bytes + 255) / 256 * 256; }
@@ -76,12 +79,8 @@ __device__ uint32_t* histogram_of(uint32_t* histograms, int32_t segment, int dig
 // One block per segment: its state, histograms, counters and winner offset.
 __global__ void init_kernel(Segments<TopKSegment> segments, Workspace w) {
   const int32_t s = blockIdx.x;
-  const TopKSegment& seg = segments[s];
-  if (threadIdx.x == 0) {
-    w.states[s] = SelectState{0u, 0u, seg.k, 0, 0};
-    w.offsets[s] = seg.winners;
-    if (s == segments.count - 1) w.offsets[s + 1] = seg.winners + seg.k;
-  }
+  const TopKSegment seg = segments[s];
+  if (threadIdx.x == 0) w.states[s] = SelectState{0u, 0u, seg.k, 0, 0};
   uint32_t* histograms = histogram_of(w.histograms, s, 0);
   for (int b = threadIdx.x; b < kDigitCount * kMaxBins; b += blockDim.x) histograms[b] = 0;
   if (threadIdx.x < kCounters) w.counters[static_cast<int64_t>(s) * kCounters + threadIdx.x] = 0;
@@ -102,7 +101,7 @@ __global__ void top_histogram_kernel(Segments<TopKSegment> segments, Tiles tiles
   for (int b = threadIdx.x; b < kMaxBins; b += blockDim.x) local[b] = 0;
   __syncthreads();
   const Tile tile = tiles[blockIdx.x];
-  const TopKSegment& seg = segments[tile.segment];
+  const TopKSegment seg = segments[tile.segment];
   const float* x = seg.x + tile.begin;
   for (int32_t j = threadIdx.x; j < tile.count; j += blockDim.x) {
     count_in(local, magnitude_bits(x[j]) >> 20);
@@ -188,7 +187,7 @@ __global__ void filter_kernel(Segments<TopKSegment> segments, Tiles tiles, const
     first = 0;
     step = kBlockTile;
   }
-  const TopKSegment& seg = segments[segment];
+  const TopKSegment seg = segments[segment];
   const SelectState* state = w.states + segment;
   if (state->done) return;  // the state does not change while this kernel runs
   const uint64_t prefix = state->prefix, mask = state->mask;
@@ -273,43 +272,108 @@ __global__ void filter_kernel(Segments<TopKSegment> segments, Tiles tiles, const
   }
 }
 
-// Segments of one winner need no sorting; written here so that the result never depends on how
-// the segmented sort treats them.
-__global__ void copy_single_winners_kernel(Segments<TopKSegment> segments, Workspace w,
-                                           float* values, int32_t* indices) {
-  const int32_t s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= segments.count) return;
-  const TopKSegment& seg = segments[s];
-  if (seg.k != 1) return;
-  values[seg.winners] = w.winner_values[seg.winners];
-  indices[seg.winners] = static_cast<int32_t>(w.winner_indices[seg.winners]);
+struct FirstWinner {
+  Segments<TopKSegment> segments;
+  GRADCOMP_HOST_DEVICE int64_t operator()(int32_t s) const { return segments[s].winners; }
+};
+
+// Every winner sets its bit in its segment's bitmap (zeroed before).
+__global__ void mark_winners_kernel(Segments<TopKSegment> segments, int64_t total_k, Workspace w) {
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < total_k;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const TopKSegment seg = segments[find_segment(segments.count, j, FirstWinner{segments})];
+    const uint32_t i = w.winner_indices[j];
+    if (i >= seg.n) continue;  // guards a broken invariant; never taken
+    atomicOr(&w.bitmap[seg.bitmap + i / 32], 1u << (i % 32));
+  }
 }
 
-cudaError_t sort_bytes(int32_t count, int64_t total_k, size_t* bytes) {
-  return cub::DeviceSegmentedSort::SortPairs(
-      nullptr, *bytes, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-      static_cast<const float*>(nullptr), static_cast<float*>(nullptr), total_k, count,
-      static_cast<const int64_t*>(nullptr), static_cast<const int64_t*>(nullptr));
+// One block per word tile: how many winners it holds.
+__global__ void count_winners_kernel(Segments<TopKSegment> segments, Tiles word_tiles,
+                                     Workspace w) {
+  const Tile tile = word_tiles[blockIdx.x];
+  const TopKSegment seg = segments[tile.segment];
+  unsigned count = 0;
+  for (int32_t t = threadIdx.x; t < tile.count; t += blockDim.x) {
+    count += static_cast<unsigned>(__popc(w.bitmap[seg.bitmap + tile.begin + t]));
+  }
+  count = block_sum(count);
+  if (threadIdx.x == 0) w.tile_counts[blockIdx.x] = count;
+}
+
+// One block: the winners before every word tile. Tiles are in segment order and each segment
+// holds exactly k of them, so a tile's offset is its place in the winner arrays, its
+// segment's `winners` included.
+__global__ void scan_tiles_kernel(int64_t tiles, Workspace w) {
+  using Scan = cub::BlockScan<unsigned long long, kThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  __shared__ unsigned long long carry;
+  if (threadIdx.x == 0) carry = 0;
+  __syncthreads();
+  for (int64_t start = 0; start < tiles; start += kThreads) {
+    const int64_t t = start + threadIdx.x;
+    const unsigned long long count = t < tiles ? w.tile_counts[t] : 0ull;
+    unsigned long long before = 0, total = 0;
+    Scan(storage).ExclusiveSum(count, before, total);
+    if (t < tiles) w.tile_offsets[t] = carry + before;
+    __syncthreads();  // everyone has read carry (and the scan storage is free again)
+    if (threadIdx.x == 0) carry += total;
+    __syncthreads();
+  }
+}
+
+// One block per word tile: its winners, in index order, at their places.
+__global__ void write_winners_kernel(Segments<TopKSegment> segments, Tiles word_tiles, Workspace w,
+                                     float* values, int32_t* indices) {
+  using Scan = cub::BlockScan<unsigned, kThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  __shared__ unsigned long long carry;
+  const Tile tile = word_tiles[blockIdx.x];
+  const TopKSegment seg = segments[tile.segment];
+  const auto first = static_cast<unsigned long long>(seg.winners);
+  const auto last = first + static_cast<unsigned long long>(seg.k);
+  if (threadIdx.x == 0) carry = w.tile_offsets[blockIdx.x];
+  __syncthreads();
+  // The loop bound is uniform across the block, so the barriers inside it are safe.
+  for (int32_t start = 0; start < tile.count; start += kThreads) {
+    const int32_t t = start + static_cast<int32_t>(threadIdx.x);
+    uint32_t bits = t < tile.count ? w.bitmap[seg.bitmap + tile.begin + t] : 0u;
+    unsigned before = 0, total = 0;
+    Scan(storage).ExclusiveSum(static_cast<unsigned>(__popc(bits)), before, total);
+    unsigned long long position = carry + before;
+    while (bits != 0) {
+      const int bit = __ffs(static_cast<int>(bits)) - 1;
+      bits &= bits - 1;
+      const int64_t i = (tile.begin + t) * 32 + bit;
+      if (position >= first && position < last) {  // guards a broken invariant
+        indices[position] = static_cast<int32_t>(i);
+        values[position] = seg.x[i];
+      }
+      ++position;
+    }
+    __syncthreads();  // everyone has read carry (and the scan storage is free again)
+    if (threadIdx.x == 0) carry += total;
+    __syncthreads();
+  }
 }
 
 // The workspace carved into its parts; *bytes is what it needs.
-cudaError_t carve(int32_t count, int64_t total_k, void* base, Workspace* w, size_t* bytes) {
-  size_t sort = 0;
-  const cudaError_t status = sort_bytes(count, total_k, &sort);
-  if (status != cudaSuccess) return status;
+void carve(int32_t count, int64_t total_k, int64_t total_words, int64_t word_tiles, void* base,
+           Workspace* w, size_t* bytes) {
   const auto n = static_cast<size_t>(count);
   const auto k = static_cast<size_t>(total_k);
   const size_t sizes[] = {align(n * sizeof(SelectState)),
                           align(n * kDigitCount * kMaxBins * sizeof(uint32_t)),
                           align(n * kCounters * sizeof(unsigned long long)),
-                          align((n + 1) * sizeof(int64_t)),
                           align(k * sizeof(float)),
                           align(k * sizeof(uint32_t)),
-                          align(sort)};
+                          align(static_cast<size_t>(total_words) * sizeof(uint32_t)),
+                          align(static_cast<size_t>(word_tiles) * sizeof(unsigned long long)),
+                          align(static_cast<size_t>(word_tiles) * sizeof(unsigned long long))};
   size_t total = 0;
   for (const size_t size : sizes) total += size;
   *bytes = total;
-  if (base == nullptr || w == nullptr) return cudaSuccess;
+  if (base == nullptr || w == nullptr) return;
   auto* cursor = static_cast<unsigned char*>(base);
   const auto take = [&cursor](size_t size) {
     unsigned char* at = cursor;
@@ -319,12 +383,11 @@ cudaError_t carve(int32_t count, int64_t total_k, void* base, Workspace* w, size
   w->states = reinterpret_cast<SelectState*>(take(sizes[0]));
   w->histograms = reinterpret_cast<uint32_t*>(take(sizes[1]));
   w->counters = reinterpret_cast<unsigned long long*>(take(sizes[2]));
-  w->offsets = reinterpret_cast<int64_t*>(take(sizes[3]));
-  w->winner_values = reinterpret_cast<float*>(take(sizes[4]));
-  w->winner_indices = reinterpret_cast<uint32_t*>(take(sizes[5]));
-  w->sort_temp = take(sizes[6]);
-  w->sort_bytes = sort;
-  return cudaSuccess;
+  w->winner_values = reinterpret_cast<float*>(take(sizes[3]));
+  w->winner_indices = reinterpret_cast<uint32_t*>(take(sizes[4]));
+  w->bitmap = reinterpret_cast<uint32_t*>(take(sizes[5]));
+  w->tile_counts = reinterpret_cast<unsigned long long*>(take(sizes[6]));
+  w->tile_offsets = reinterpret_cast<unsigned long long*>(take(sizes[7]));
 }
 
 // -- packing the selected pairs into payloads -----------------------------------------------
@@ -338,7 +401,7 @@ struct Max {
 __global__ void topk_int8_scales_kernel(Segments<TopKPackSegment> segments, const float* values,
                                         float* scales, uint8_t* channel,
                                         const uint32_t* nonfinite) {
-  const TopKPackSegment& s = segments[blockIdx.x];
+  const TopKPackSegment s = segments[blockIdx.x];
   if (!s.int8) return;
   float max_abs = 0.0f;
   int finite = 1;
@@ -359,7 +422,7 @@ __global__ void topk_pack_kernel(Segments<TopKPackSegment> segments, Tiles tiles
                                  const float* values, const int32_t* indices, const float* scales,
                                  uint8_t* channel, const uint32_t* nonfinite) {
   const Tile tile = tiles[blockIdx.x];
-  const TopKPackSegment& s = segments[tile.segment];
+  const TopKPackSegment s = segments[tile.segment];
   const bool bad = *nonfinite != 0;
   uint8_t* payload = channel + s.payload;
   if (!s.int8) {
@@ -385,8 +448,10 @@ __global__ void topk_pack_kernel(Segments<TopKPackSegment> segments, Tiles tiles
     const int64_t j = tile.begin + t;
     const float v = values[s.winners + j];
     const int32_t index = indices[s.winners + j];
-    // Round half to even, as the CPU's nearbyint and ATen's round.
-    const float code = finite ? fminf(127.0f, fmaxf(-127.0f, rintf(v * inverse))) : 0.0f;
+    // Round half to even, as the CPU's nearbyint and ATen's round; NaN (a zero value times the
+    // infinite inverse of a tiny scale) is a zero code, as on the CPU.
+    const float q = rintf(v * inverse);
+    const float code = finite && !isnan(q) ? fminf(127.0f, fmaxf(-127.0f, q)) : 0.0f;
     out_indices[j] = bad ? 0 : index;
     out_codes[j] = bad ? 0 : static_cast<int8_t>(code);
     // The residual keeps what int8 could not carry (nothing when a value was not finite).
@@ -396,23 +461,25 @@ __global__ void topk_pack_kernel(Segments<TopKPackSegment> segments, Tiles tiles
 
 }  // namespace
 
-cudaError_t topk_workspace_bytes(int32_t count, int64_t total_k, size_t* bytes) {
-  if (count < 1 || total_k < 1) return cudaErrorInvalidValue;
-  return carve(count, total_k, nullptr, nullptr, bytes);
+cudaError_t topk_workspace_bytes(int32_t count, int64_t total_k, int64_t total_words,
+                                 int64_t word_tiles, size_t* bytes) {
+  if (count < 1 || total_k < 1 || total_words < 1 || word_tiles < 1) return cudaErrorInvalidValue;
+  carve(count, total_k, total_words, word_tiles, nullptr, nullptr, bytes);
+  return cudaSuccess;
 }
 
-cudaError_t topk_select_segments(Segments<TopKSegment> segments, Tiles tiles,
+cudaError_t topk_select_segments(Segments<TopKSegment> segments, Tiles tiles, Tiles word_tiles,
                                  const SliceBlock* blocks, int64_t block_count,
                                  int32_t single_slices, int64_t total_n, int64_t total_k,
-                                 float* values, int32_t* indices, int32_t* candidates,
-                                 void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  if (segments.count < 1 || total_n < 1 || total_k < 1 || tiles.count < 1) {
+                                 int64_t total_words, float* values, int32_t* indices,
+                                 int32_t* candidates, void* workspace, size_t workspace_bytes,
+                                 cudaStream_t stream) {
+  if (segments.count < 1 || total_n < 1 || total_k < 1 || tiles.count < 1 || word_tiles.count < 1) {
     return cudaErrorInvalidValue;
   }
   Workspace w{};
   size_t needed = 0;
-  cudaError_t status = carve(segments.count, total_k, workspace, &w, &needed);
-  if (status != cudaSuccess) return status;
+  carve(segments.count, total_k, total_words, word_tiles.count, workspace, &w, &needed);
   if (workspace_bytes < needed) return cudaErrorInvalidValue;
   // Candidate lists of pass d go to half d % 2 (each segment's at its `candidates` offset);
   // pass d + 1 reads them from there.
@@ -435,25 +502,25 @@ cudaError_t topk_select_segments(Segments<TopKSegment> segments, Tiles tiles,
           segments, tiles, blocks, halves[(d + 1) % 2], halves[d % 2], d, next, has_next, w);
     }
   }
-  status = cudaGetLastError();
+  // Index order: mark, count, scan, write.
+  cudaError_t status = cudaMemsetAsync(w.bitmap, 0, static_cast<size_t>(total_words) * 4, stream);
   if (status != cudaSuccess) return status;
-  size_t sort = w.sort_bytes;
-  status = cub::DeviceSegmentedSort::SortPairs(
-      w.sort_temp, sort, static_cast<const uint32_t*>(w.winner_indices),
-      reinterpret_cast<uint32_t*>(indices), static_cast<const float*>(w.winner_values), values,
-      total_k, segments.count, static_cast<const int64_t*>(w.offsets),
-      static_cast<const int64_t*>(w.offsets + 1), stream);
-  if (status != cudaSuccess) return status;
-  copy_single_winners_kernel<<<(grid + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-      segments, w, values, indices);
+  mark_winners_kernel<<<grid_for(total_k), kThreads, 0, stream>>>(segments, total_k, w);
+  const auto word_blocks = static_cast<unsigned>(word_tiles.count);
+  count_winners_kernel<<<word_blocks, kThreads, 0, stream>>>(segments, word_tiles, w);
+  scan_tiles_kernel<<<1, kThreads, 0, stream>>>(word_tiles.count, w);
+  write_winners_kernel<<<word_blocks, kThreads, 0, stream>>>(segments, word_tiles, w, values,
+                                                             indices);
   return cudaGetLastError();
 }
 
 cudaError_t topk_select(const float* x, int64_t n, int64_t k, float* values, int32_t* indices,
                         void* workspace, size_t* workspace_bytes, cudaStream_t stream) {
   if (n < 1 || n > INT32_MAX || k < 1 || k > n) return cudaErrorInvalidValue;
+  const int64_t words = (n + 31) / 32;
+  const int64_t word_tiles = (words + kTopKWordTile - 1) / kTopKWordTile;
   size_t select = 0;
-  const cudaError_t status = topk_workspace_bytes(1, k, &select);
+  const cudaError_t status = topk_workspace_bytes(1, k, words, word_tiles, &select);
   if (status != cudaSuccess) return status;
   const size_t lists = align(2 * static_cast<size_t>(n) * sizeof(int32_t));
   if (workspace == nullptr) {
@@ -462,10 +529,11 @@ cudaError_t topk_select(const float* x, int64_t n, int64_t k, float* values, int
   }
   if (*workspace_bytes < select + lists) return cudaErrorInvalidValue;
   auto* base = static_cast<unsigned char*>(workspace);
-  const TopKSegment segment{x, n, k, 0, 0};
+  const TopKSegment segment{x, n, k, 0, 0, 0};
   const Tiles tiles{nullptr, (n + kTopKTile - 1) / kTopKTile, n, kTopKTile};
-  return topk_select_segments(Segments<TopKSegment>{nullptr, segment, 1}, tiles, nullptr, 0,
-                              kSingleSlices, n, k, values, indices,
+  const Tiles word_list{nullptr, word_tiles, words, kTopKWordTile};
+  return topk_select_segments(Segments<TopKSegment>{nullptr, segment, 1}, tiles, word_list, nullptr,
+                              0, kSingleSlices, n, k, words, values, indices,
                               reinterpret_cast<int32_t*>(base + select), base, select, stream);
 }
 

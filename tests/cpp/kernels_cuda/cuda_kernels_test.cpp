@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <random>
 #include <vector>
 
 #include "../kernels/random_inputs.h"
@@ -349,64 +350,97 @@ TEST(CudaKernels, TopKMatchesCpuExactly) {
   }
 }
 
-TEST(CudaKernels, SegmentedTopKMatchesCpuPerSegment) {
-  // One select over segments of very different sizes and k (k = 1, k = n, ties, a segment of
-  // one element, an all-equal segment), with the tile and slice tables the bucket path builds.
-  SKIP_WITHOUT_GPU();
-  const std::vector<int64_t> sizes{1, 7, 40000, 3, 100003, 257, 5000};
-  const std::vector<int64_t> ks{1, 7, 400, 1, 1001, 129, 5000};
+// One segmented select over segments of the given sizes and k, with the tile, slice and
+// bitmap-word tables the bucket path builds, checked against the CPU segment by segment.
+void expect_segmented_topk_matches_cpu(const std::vector<std::vector<float>>& inputs,
+                                       const std::vector<int64_t>& ks, int64_t per_slice) {
   std::vector<float> all;
-  std::vector<int64_t> starts;
-  for (size_t s = 0; s < sizes.size(); ++s) {
+  std::vector<int64_t> starts, sizes, words;
+  for (const auto& x : inputs) {
     starts.push_back(static_cast<int64_t>(all.size()));
-    auto x = normal(sizes[s], 20 + static_cast<uint32_t>(s));
-    if (s == 2) {
-      for (auto& v : x) v = std::round(v * 2.0f) / 2.0f;  // heavy ties
-    }
-    if (s == 5) std::fill(x.begin(), x.end(), -1.5f);  // only the index decides
+    sizes.push_back(static_cast<int64_t>(x.size()));
+    words.push_back((static_cast<int64_t>(x.size()) + 31) / 32);
     all.insert(all.end(), x.begin(), x.end());
   }
   Device<float> dx(all);
   std::vector<cuda::TopKSegment> segments;
-  int64_t winners = 0, candidates = 0, total_k = 0;
+  int64_t winners = 0, candidates = 0, bitmap = 0;
   for (size_t s = 0; s < sizes.size(); ++s) {
-    segments.push_back({dx.get() + starts[s], sizes[s], ks[s], winners, candidates});
+    segments.push_back({dx.get() + starts[s], sizes[s], ks[s], winners, candidates, bitmap});
     winners += ks[s];
     candidates += sizes[s];
-    total_k += ks[s];
+    bitmap += words[s];
   }
   const auto tiles = make_tiles(sizes, cuda::kTopKTile);
-  const auto blocks = make_slice_blocks(sizes, 1000, 64);  // several slices per large segment
+  const auto word_tiles = make_tiles(words, cuda::kTopKWordTile);
+  const auto blocks = make_slice_blocks(sizes, per_slice, 64);
   Device<cuda::TopKSegment> dsegments(segments);
   Device<Tile> dtiles(tiles);
+  Device<Tile> dword_tiles(word_tiles);
   Device<SliceBlock> dblocks(blocks);
-  Device<float> values(total_k);
-  Device<int32_t> indices(total_k);
+  Device<float> values(winners);
+  Device<int32_t> indices(winners);
   Device<int32_t> lists(2 * candidates);
+  const auto count = static_cast<int32_t>(sizes.size());
   size_t bytes = 0;
-  check(cuda::topk_workspace_bytes(static_cast<int32_t>(sizes.size()), total_k, &bytes));
+  check(cuda::topk_workspace_bytes(count, winners, bitmap, static_cast<int64_t>(word_tiles.size()),
+                                   &bytes));
   Device<uint8_t> workspace(bytes);
-  const cuda::Segments<cuda::TopKSegment> table{
-      dsegments.get(), {}, static_cast<int32_t>(sizes.size())};
+  const cuda::Segments<cuda::TopKSegment> table{dsegments.get(), {}, count};
   const cuda::Tiles tile_table{dtiles.get(), static_cast<int64_t>(tiles.size()), 0, 0};
-  check(cuda::topk_select_segments(
-      table, tile_table, dblocks.get(), static_cast<int64_t>(blocks.size()), 0, candidates, total_k,
-      values.get(), indices.get(), lists.get(), workspace.get(), bytes, nullptr));
+  const cuda::Tiles word_table{dword_tiles.get(), static_cast<int64_t>(word_tiles.size()), 0, 0};
+  check(cuda::topk_select_segments(table, tile_table, word_table, dblocks.get(),
+                                   static_cast<int64_t>(blocks.size()), 0, candidates, winners,
+                                   bitmap, values.get(), indices.get(), lists.get(),
+                                   workspace.get(), bytes, nullptr));
   const auto got_values = values.host();
   const auto got_indices = indices.host();
   for (size_t s = 0; s < sizes.size(); ++s) {
     const int64_t k = ks[s];
     std::vector<float> expected_values(k);
     std::vector<int32_t> expected_indices(k);
-    cpu::topk_select(all.data() + starts[s], sizes[s], k, expected_values.data(),
-                     expected_indices.data(), cpu::serial_runner());
+    cpu::topk_select(inputs[s].data(), sizes[s], k, expected_values.data(), expected_indices.data(),
+                     cpu::serial_runner());
     const int64_t at = segments[s].winners;
-    EXPECT_TRUE(
+    ASSERT_TRUE(
         std::equal(expected_indices.begin(), expected_indices.end(), got_indices.begin() + at))
-        << "segment " << s;
-    EXPECT_EQ(0, std::memcmp(got_values.data() + at, expected_values.data(), k * sizeof(float)))
+        << "segment " << s << " of " << sizes.size() << " (n=" << sizes[s] << ", k=" << k << ")";
+    ASSERT_EQ(0, std::memcmp(got_values.data() + at, expected_values.data(), k * sizeof(float)))
         << "segment " << s;
   }
+}
+
+TEST(CudaKernels, SegmentedTopKMatchesCpuPerSegment) {
+  // Very different sizes and k: k = 1, k = n, ties, a segment of one element, an all-equal one,
+  // one spanning several bitmap tiles; large segments split into several slices.
+  SKIP_WITHOUT_GPU();
+  const std::vector<int64_t> sizes{1, 7, 40000, 3, 100003, 257, 5000, 300000};
+  const std::vector<int64_t> ks{1, 7, 400, 1, 1001, 129, 5000, 3000};
+  std::vector<std::vector<float>> inputs;
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    auto x = normal(sizes[s], 20 + static_cast<uint32_t>(s));
+    if (s == 2) {
+      for (auto& v : x) v = std::round(v * 2.0f) / 2.0f;  // heavy ties
+    }
+    if (s == 5) std::fill(x.begin(), x.end(), -1.5f);  // only the index decides
+    inputs.push_back(std::move(x));
+  }
+  expect_segmented_topk_matches_cpu(inputs, ks, 1000);
+}
+
+TEST(CudaKernels, SegmentedTopKWithHundredsOfSegments) {
+  // More segments than CUB's segmented sort handles without waiting for the host (500): the
+  // select orders its winners itself, so any number works.
+  SKIP_WITHOUT_GPU();
+  std::mt19937 random(5);
+  std::vector<std::vector<float>> inputs;
+  std::vector<int64_t> ks;
+  for (int s = 0; s < 700; ++s) {
+    const int64_t n = 1 + static_cast<int64_t>(random() % 3000);
+    inputs.push_back(normal(n, 100 + static_cast<uint32_t>(s)));
+    ks.push_back(1 + static_cast<int64_t>(random() % n));
+  }
+  expect_segmented_topk_matches_cpu(inputs, ks, 16384);
 }
 
 TEST(CudaKernels, OrthonormalizeMatchesCpu) {
