@@ -23,6 +23,7 @@ baseline of the ratios).
 Methods: "plain DDP" (DDP's built-in allreduce); "gradcomp:<name>" for every name in
 gradcomp.compressor_names(), registered with default options (gradcomp.register(ddp, name)),
 with their bytes ratio from state.stats()["ratio"] (bytes sent / dense bytes, all steps);
+"torch:allreduce_hook" (DDP's allreduce as a Python hook: what any Python hook costs),
 "torch:fp16_compress_hook" and "torch:bf16_compress_hook" (default_hooks) and
 "torch:powerSGD_hook" (PowerSGDState(process_group=None, matrix_approximation_rank=2,
 start_powerSGD_iter=2): rank 2 as gradcomp powersgd's default; its first two steps are dense,
@@ -40,8 +41,14 @@ seconds):
   gpt2      models.GPT: 12 layers, width 768, 12 heads, vocab 50257, context 512, tied
             embedding, 124.0M; batch 8 x 512 tokens (tiny: 2 layers, width 64, vocab 256,
             batch 2 x 16).
+  layers40  40 x Linear(128, 128), batch 8 (not in the default run): with --buckets small
+            (bucket_cap_mb 0.07, about one layer per bucket) a step is little compute and many
+            buckets, so (hook - plain DDP) / buckets is a hook's host cost per bucket; PyTorch's
+            Python allreduce_hook ("torch:allreduce_hook") is the floor of any Python hook:
+              python benchmarks/bench_ddp_gpu.py --device cpu --models layers40 \
+                  --buckets small --steps 300 --warmup 10
 
-Time budget of the default full run on an H200 (16 methods x 2 bucket settings = 32
+Time budget of the default full run on an H200 (17 methods x 2 bucket settings = 34
 configurations per model, each 10 warm-up + 20 timed = 30 steps plus its build: a copy of
 the weights on the device, DDP construction, hook registration):
   mlp25m    ~2.5 ms plain, ~5 ms on average with a hook: 30 x 5 ms + ~0.1 s build ~ 0.25 s,
@@ -95,9 +102,16 @@ from harness import cuda_unavailable, write_records
 from models import GPT, Bottleneck, ResNet, parameter_count
 
 PLAIN = "plain DDP"
-TORCH_HOOKS = ["torch:fp16_compress_hook", "torch:bf16_compress_hook", "torch:powerSGD_hook"]
-MODEL_NAMES = ["mlp25m", "resnet50", "gpt2"]
-BUCKET_CAP_MB = {"default": 25.0, "one": 10_000.0}
+TORCH_HOOKS = [
+    "torch:allreduce_hook",
+    "torch:fp16_compress_hook",
+    "torch:bf16_compress_hook",
+    "torch:powerSGD_hook",
+]
+MODEL_NAMES = ["mlp25m", "resnet50", "gpt2", "layers40"]
+DEFAULT_MODELS = ["mlp25m", "resnet50", "gpt2"]
+# "small": about one layer of layers40 per bucket, to see the per-bucket cost of a hook.
+BUCKET_CAP_MB = {"default": 25.0, "one": 10_000.0, "small": 0.07}
 # PyTorch's PowerSGD allreduces densely for this many steps before compressing.
 TORCH_POWERSGD_START = 2
 TORCH_POWERSGD_RANK = 2  # gradcomp powersgd's default rank
@@ -207,6 +221,15 @@ def build_workload(name: str, scale: str, device: torch.device) -> Workload:
         sizes = {"vocab": vocab, "width": width, "layers": layers, "heads": heads}
         sizes |= {"context": context, "batch": batch, "input": f"{batch}x{context} tokens"}
         autocast = device.type == "cuda"
+    elif name == "layers40":
+        width, layers, batch = 128, 40, 8
+        with device:
+            model = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+        inputs = torch.randn(batch, width, generator=data)
+        targets = torch.randn(batch, width, generator=data)
+        loss = nn.functional.mse_loss
+        sizes = {"width": width, "layers": layers, "batch": batch, "input": f"{batch}x{width}"}
+        autocast = False
     else:
         raise ValueError(f"model {name!r}; valid: {', '.join(MODEL_NAMES)}")
     inputs, targets = inputs.to(device), targets.to(device)
@@ -219,6 +242,16 @@ def build_workload(name: str, scale: str, device: torch.device) -> Workload:
     return Workload(name, model, inputs, targets, loss, autocast, sizes)
 
 
+def several_buckets(work: Workload, buckets: str, device: torch.device) -> bool:
+    """On Gloo (CPU), whether DDP splits the model into more than one bucket: its first bucket
+    holds at most 1 MiB (torch.distributed._DEFAULT_FIRST_BUCKET_BYTES), the others the cap."""
+    if device.type != "cpu":
+        return False
+    size = sum(p.numel() * p.element_size() for p in work.reference.parameters())
+    first = getattr(dist, "_DEFAULT_FIRST_BUCKET_BYTES", 1 << 20)
+    return size > min(first, BUCKET_CAP_MB[buckets] * (1 << 20))
+
+
 def install_hook(ddp: DistributedDataParallel, method: str) -> gradcomp.HookState | None:
     """Registers the method's communication hook; gradcomp's state, else None."""
     family, _, name = method.partition(":")
@@ -226,7 +259,9 @@ def install_hook(ddp: DistributedDataParallel, method: str) -> gradcomp.HookStat
         return None
     if family == "gradcomp":
         return gradcomp.register(ddp, name)
-    if method == "torch:fp16_compress_hook":
+    if method == "torch:allreduce_hook":
+        ddp.register_comm_hook(None, default_hooks.allreduce_hook)
+    elif method == "torch:fp16_compress_hook":
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
     elif method == "torch:bf16_compress_hook":
         ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
@@ -386,6 +421,13 @@ def run_all(
                     record |= {"status": "failed", "error": build_error}
                     print(progress(record), flush=True)
                     continue
+                if method == "torch:powerSGD_hook" and several_buckets(work, buckets, device):
+                    # Issued from round 1's callback, its round 2 deadlocks on Gloo once a model
+                    # has several buckets, even at world size 1 (docs/benchmarks.md).
+                    record["status"] = "skipped"
+                    record["error"] = "PyTorch's powerSGD_hook hangs on Gloo with several buckets"
+                    print(progress(record), flush=True)
+                    continue
                 for key in ("parameters", "input", "autocast"):
                     record[key] = work.sizes[key]
                 try:
@@ -411,7 +453,7 @@ def run_all(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=MODEL_NAMES)
+    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=DEFAULT_MODELS)
     parser.add_argument(
         "--methods",
         nargs="+",

@@ -9,20 +9,20 @@
 #   GPU_CHECK_STEPS="build ctest" bash scripts/gpu_check.sh
 #   GPU_CHECK_DEADLINE=570 bash scripts/gpu_check.sh   # every step ends by then (seconds)
 #
-# On this project's lent GPU machines (2026-11-27) the image sets CXX=/opt/gcc/bin/g++, whose
-# build of _C segfaults as soon as an error message formats an integer (std::ostream << long);
-# Ubuntu's own g++-13 works, so run it there as
-#   CC=gcc-13 CXX=g++-13 CUDAHOSTCXX=g++-13 GTEST_SRC=... bash scripts/gpu_check.sh
-# The build step checks for that failure (an error with an integer in it must raise, not crash).
+# On this project's lent GPU machines: first, on the CPU machine, `bash scripts/gpu_prepare.sh`
+# (fills .gpu_deps/: a GoogleTest source tree and the CCCL 3.3 wheel, which the GPU machine,
+# without network, lacks), then run there, carrying .gpu_deps:
+#   CC=gcc-13 CXX=g++-13 CUDAHOSTCXX=g++-13 GPU_CHECK_DEADLINE=570 OUT=$OUT \
+#     bash scripts/gpu_check.sh
+# (2026-11-27: the image's default CXX=/opt/gcc/bin/g++ builds a _C that segfaults as soon as an
+# error message formats an integer; Ubuntu's g++-13 works. The build step checks for that.)
 #
-# Needs: nvcc, a CUDA build of torch, cmake, ninja, pytest; GoogleTest is taken from the system
-# or, when GTEST_SRC names a googletest source tree, built from it first (the lent GPU machines
-# have no GoogleTest and no network). The cubtopk step (our Top-K against cub::DeviceTopK)
-# needs CCCL >= 3.3 headers: GRADCOMP_CCCL33 naming their include directory, or PyPI's
-# nvidia-cuda-cccl 13.3 wheel in .gpu_wheels/ (fetch it where there is a network with
-#   pip download 'nvidia-cuda-cccl==13.3.*' --no-deps -d .gpu_wheels
-# and carry .gpu_wheels to the GPU machine); without either the step is skipped. Each step has its own time limit and a failing step does
-# not stop the later ones; the script exits non-zero when any step failed.
+# Needs: nvcc, a CUDA build of torch, cmake, ninja, pytest. GoogleTest comes from the system, or
+# is built first from GTEST_SRC (default: .gpu_deps/googletest when present). The cubtopk step
+# (our Top-K against cub::DeviceTopK) needs CCCL >= 3.3 headers: GRADCOMP_CCCL33 naming their
+# include directory, or PyPI's nvidia-cuda-cccl 13.3 wheel in .gpu_deps/; without either it is
+# skipped. Each step has its own time limit and a failing step does not stop the later ones;
+# the script exits non-zero when any step failed.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,7 +53,7 @@ step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND with a time limit, loggin
     return 0
   fi
   echo "=== $name (limit ${limit}s)"
-  timeout --kill-after=10 "$limit" bash -c "$*" >"$LOGS/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" bash -o pipefail -c "$*" >"$LOGS/$name.log" 2>&1
   local rc=$?
   tail -n 15 "$LOGS/$name.log"
   { echo "=== $name rc=$rc"; cat "$LOGS/$name.log"; } >>"$OUT/gpu_check.log"
@@ -63,6 +63,9 @@ step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND with a time limit, loggin
 
 step info 60 "nvidia-smi; nvcc --version | tail -2; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'"
 
+if [ -z "${GTEST_SRC:-}" ] && [ -d "$ROOT/.gpu_deps/googletest" ]; then
+  GTEST_SRC="$ROOT/.gpu_deps/googletest"
+fi
 if [ -n "${GTEST_SRC:-}" ]; then
   step gtest 120 "cmake -S '$GTEST_SRC' -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_INSTALL_PREFIX=/tmp/gtest && cmake --build /tmp/gtest-build && cmake --install /tmp/gtest-build"
@@ -93,7 +96,7 @@ step bench 150 "$PY benchmarks/bench_compressors.py --device cuda --numel 100000
   cat '$OUT/compressors_cuda.md'"
 
 if [ -z "${GRADCOMP_CCCL33:-}" ]; then
-  wheel=$(ls "$ROOT"/.gpu_wheels/nvidia_cuda_cccl-13.*.whl 2>/dev/null | head -n 1)
+  wheel=$(ls "$ROOT"/.gpu_deps/nvidia_cuda_cccl-13.*.whl 2>/dev/null | head -n 1)
   if [ -n "$wheel" ]; then
     rm -rf /tmp/cccl33 && mkdir -p /tmp/cccl33 && $PY -m zipfile -e "$wheel" /tmp/cccl33 &&
       GRADCOMP_CCCL33=$(dirname "$(find /tmp/cccl33 -path '*/cub/device/device_topk.cuh' | head -n 1)")/../..

@@ -13,6 +13,7 @@ Python only orchestrates; the per-bucket work is one C++ call per phase.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,21 @@ if TYPE_CHECKING:
     from gradcomp.hook import HookState
 
 __all__ = ["exchange_bucket"]
+
+_NOTHING = contextlib.nullcontext()
+
+
+def _profiling() -> bool:
+    # torch.profiler sets the module flag for every thread (the hook runs on autograd's and
+    # decodes on torch.distributed's); _profiler_enabled() sees this thread's other profilers.
+    flag = getattr(torch.autograd.profiler, "_is_profiler_enabled", True)
+    return bool(flag) or torch.autograd._profiler_enabled()
+
+
+def profiled(name: str) -> contextlib.AbstractContextManager:
+    """A torch.profiler range while a profiler runs, nothing otherwise: entering a
+    record_function costs about 10 us, and a bucket enters two or three per step."""
+    return record_function(name) if _profiling() else _NOTHING
 
 
 def exchange_bucket(
@@ -58,7 +74,7 @@ def _allreduce_bucket(
     buffer = bucket.buffer()
     dense = buffer.numel() * buffer.element_size()
     issued = time.perf_counter()
-    with record_function("gradcomp::communicate"):
+    with profiled("gradcomp::communicate"):
         buffer.div_(state.world_size)
         work, fut = allreduce_async(buffer, state.process_group)
     state._end_issue(record, dense, dense, bucket.is_last())
@@ -82,7 +98,7 @@ def _codec_exchange(
     group, world = state.process_group, state.world_size
     step = state.step  # _end_issue() below advances it after the last bucket
     started = time.perf_counter()
-    with record_function("gradcomp::compress"):
+    with profiled("gradcomp::compress"):
         messages = codec.encode(buffer, step, record.measure, ratio)
     record.compress_seconds += time.perf_counter() - started
     if record.measure:
@@ -96,7 +112,7 @@ def _codec_exchange(
     works: list[dist.Work] = []
     used: list[int] = []
     issued = time.perf_counter()
-    with record_function("gradcomp::communicate"):
+    with profiled("gradcomp::communicate"):
         for index, ((collective, _dtype, _numel, variable), message) in enumerate(
             zip(codec.channels, messages, strict=True)
         ):
@@ -127,7 +143,7 @@ def _codec_exchange(
             # Re-raises a failed collective; on CUDA also orders this stream after it.
             fut.wait()
         began = time.perf_counter()
-        with record_function("gradcomp::decompress"):
+        with profiled("gradcomp::decompress"):
             outcome = codec.decode(buffer, received, step, used)
         state._finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
         return buffer
@@ -148,16 +164,16 @@ def _powersgd_exchange(
     buffer = bucket.buffer()
     group = state.process_group
     started = time.perf_counter()
-    with record_function("gradcomp::compress"):
+    with profiled("gradcomp::compress"):
         first = codec.encode_first(buffer, record.measure)
     record.compress_seconds += time.perf_counter() - started
     issued = time.perf_counter()
-    with record_function("gradcomp::communicate"):
+    with profiled("gradcomp::communicate"):
         first_work, first_fut = allreduce_async(first, group)
         first_work.wait()
     record.communicate_seconds += time.perf_counter() - issued
     began = time.perf_counter()
-    with record_function("gradcomp::compress"):
+    with profiled("gradcomp::compress"):
         second = codec.encode_second(first)
     record.compress_seconds += time.perf_counter() - began
     if record.measure:
@@ -165,7 +181,7 @@ def _powersgd_exchange(
         record.input_sq += input_sq
         record.error_sq += error_sq
     issued = time.perf_counter()
-    with record_function("gradcomp::communicate"):
+    with profiled("gradcomp::communicate"):
         work, fut = allreduce_async(second, group)
     state._end_issue(
         record, codec.bytes_sent, codec.numel * buffer.element_size(), bucket.is_last()
@@ -174,7 +190,7 @@ def _powersgd_exchange(
     def finish(done: torch.futures.Future) -> torch.Tensor:
         done.wait()  # re-raises a failed collective
         began = time.perf_counter()
-        with record_function("gradcomp::decompress"):
+        with profiled("gradcomp::decompress"):
             outcome = codec.decode(buffer, first, second)
         state._finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
         return buffer

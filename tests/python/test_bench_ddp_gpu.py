@@ -23,7 +23,12 @@ from gradcomp import _C
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_ddp_gpu.py"
 TIMEOUT = 120  # seconds; the smoke run takes about 7 s on the 2-core CI machine
-TORCH_HOOKS = ["torch:fp16_compress_hook", "torch:bf16_compress_hook", "torch:powerSGD_hook"]
+TORCH_HOOKS = [
+    "torch:allreduce_hook",
+    "torch:fp16_compress_hook",
+    "torch:bf16_compress_hook",
+    "torch:powerSGD_hook",
+]
 
 
 def _load(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
