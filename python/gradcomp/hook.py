@@ -250,7 +250,8 @@ class HookState:
         step's loss scale (or computing the ratio that does, on the device)."""
         record = self.steps.record
         if record is None:
-            scale, self._ratio = self.loss_scale.begin_step(device)
+            compressing = self.steps.step >= self.start_iter
+            scale, self._ratio = self.loss_scale.begin_step(device, compressing)
             record = self.steps.open(scale)
         record.issued += 1
         return record, self._ratio

@@ -32,16 +32,22 @@ class ResidualScale:
         self._host: float | None = None  # the scale the residuals are in, when known on the host
         self._device: torch.Tensor | None = None  # ... or on the device (CUDA)
 
-    def begin_step(self, device: torch.device) -> tuple[float | torch.Tensor, torch.Tensor | None]:
+    def begin_step(
+        self, device: torch.device, compressing: bool = True
+    ) -> tuple[float | torch.Tensor, torch.Tensor | None]:
         """At a step's first bucket: the step's loss scale (a float, or a one-element tensor
         on the device) and the ratio every bucket codec must apply to its residuals (None when
-        the residuals were already brought to the step's scale here)."""
+        the residuals were already brought to the step's scale here). On a step that compresses
+        nothing (start_iter's dense warm-up) no codec applies a ratio, so the residuals stay in
+        the scale they were in and the next ratio is taken from it."""
         scaler = self._scaler
         enabled = scaler is not None and scaler.is_enabled()
         current = getattr(scaler, "_get_scale_async", lambda: None)() if enabled else None
         if not (device.type == "cuda" and self._device_ratio and isinstance(current, torch.Tensor)):
             return self._begin_on_host(float(scaler.get_scale()) if enabled else 1.0), None
         current = current.reshape(1).to(torch.float32)
+        if not compressing:
+            return current, None
         previous = self._device
         if previous is None:
             if self._host is None:  # the first step: nothing to rescale
