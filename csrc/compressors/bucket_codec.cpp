@@ -18,12 +18,6 @@
 namespace gradcomp {
 namespace {
 
-constexpr int64_t kByteAlignment = 8;
-
-int64_t align_up(int64_t value, int64_t alignment) {
-  return (value + alignment - 1) / alignment * alignment;
-}
-
 // GRADCOMP_DEVICE_PATH=0 runs CUDA buckets entry by entry, as before the device path existed:
 // for comparisons, and as a way around a device-path problem without a rebuild.
 // The gradient types the device path's kernels read and write; others go entry by entry.
@@ -85,13 +79,6 @@ int64_t BucketCodec::bytes_sent() const {
   int64_t total = 0;
   for (const auto& channel : layout_.channels) total += channel.bytes();
   return total;
-}
-
-bool BucketCodec::all_dense() const {
-  return std::all_of(layout_.placements.begin(), layout_.placements.end(), [](const Placement& p) {
-    return p.method == nullptr ||
-           p.method->device_encoding(p.entry.numel).kind == DeviceEncoding::Kind::kDense;
-  });
 }
 
 bool BucketCodec::uses_device_path(const at::Device& device) const {

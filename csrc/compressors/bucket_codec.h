@@ -82,7 +82,7 @@ class BucketCodec {
   int64_t numel() const { return layout_.numel; }
   // Every entry travels uncompressed in the fp32 allreduce: the bucket could be allreduced as
   // it is, the way DDP does (the hook does so).
-  bool all_dense() const;
+  bool all_dense() const { return layout_.all_dense; }
   // Whether encode/decode of a bucket on `device` run the bucket-level device path.
   bool uses_device_path(const at::Device& device) const;
 

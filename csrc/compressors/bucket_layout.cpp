@@ -2,16 +2,10 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 namespace gradcomp {
-namespace {
-
-constexpr int64_t kByteAlignment = 8;
-
-int64_t align_up(int64_t value, int64_t alignment) {
-  return (value + alignment - 1) / alignment * alignment;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 uint64_t parameter_key(const std::string& name) {
   uint64_t h = 1469598103934665603ull;
@@ -124,6 +118,11 @@ BucketLayout make_bucket_layout(const std::vector<std::shared_ptr<const Compress
     }
     layout.variable = layout.variable || channel.variable;
   }
+  layout.all_dense =
+      std::all_of(layout.placements.begin(), layout.placements.end(), [](const Placement& p) {
+        return p.method == nullptr ||
+               p.method->device_encoding(p.entry.numel).kind == DeviceEncoding::Kind::kDense;
+      });
   // The bucket may hold padding between parameters; numel counts gradient elements only.
   layout.extent = expected_offset;
   return layout;

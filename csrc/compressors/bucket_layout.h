@@ -26,6 +26,14 @@
 
 namespace gradcomp {
 
+// Byte payloads start at multiples of this in their channel, so decoders read floats and ints in
+// place; a byte channel's flag slot takes this many bytes.
+constexpr int64_t kByteAlignment = 8;
+
+inline int64_t align_up(int64_t value, int64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
 struct BucketEntry {
   std::string name;    // fully qualified parameter name
   int64_t offset = 0;  // first element in the bucket's flat buffer
@@ -62,6 +70,7 @@ struct BucketLayout {
   int64_t numel = 0;         // gradient elements covered by the entries
   int64_t extent = 0;        // one past the last element the entries cover
   bool variable = false;     // some channel is variable-size (its decode reads lengths)
+  bool all_dense = false;    // every entry travels uncompressed in the fp32 allreduce
 };
 
 // The layout of `entries` (in bucket order, non-overlapping) compressed by `methods` (entry i

@@ -80,7 +80,7 @@ def load_state_dict(state: HookState, saved: dict[str, Any]) -> None:
     elif part is not None:
         state._residuals.load_state_dict(_known(state, part["residuals"], "residual"))
     state.loss_scale.load(part["residual_scale"] if part is not None else None)
-    state._restart_at(int(saved["step"]))
+    state.steps.restart_at(int(saved["step"]))
     if version != STATE_VERSION:
         state.telemetry.load({"totals": dict(saved["counters"])})
     elif part is not None and part["counters"] is not None:

@@ -54,8 +54,8 @@ def exchange_bucket(
         return _allreduce_bucket(state, bucket, record)
     codec = state.plans.codec_for(bucket)
     if codec is None:  # only empty parameters: nothing to send on any rank
-        state._end_issue(record, 0, 0, bucket.is_last())
-        state._finish_bucket(record, 0.0)
+        state.steps.end_issue(record, 0, 0, bucket.is_last())
+        state.steps.finish_bucket(record, 0.0)
         done: torch.futures.Future[torch.Tensor] = torch.futures.Future()
         done.set_result(buffer)
         return done
@@ -77,11 +77,11 @@ def _allreduce_bucket(
     with profiled("gradcomp::communicate"):
         buffer.div_(state.world_size)
         work, fut = allreduce_async(buffer, state.process_group)
-    state._end_issue(record, dense, dense, bucket.is_last())
+    state.steps.end_issue(record, dense, dense, bucket.is_last())
 
     def finish(done: torch.futures.Future) -> torch.Tensor:
         value = done.value()[0]
-        state._finish_bucket(record, time.perf_counter() - issued)
+        state.steps.finish_bucket(record, time.perf_counter() - issued)
         return value
 
     return state.in_flight.then(bucket.index(), [fut], finish, buffer.device, work)
@@ -96,7 +96,7 @@ def _codec_exchange(
 ) -> torch.futures.Future[torch.Tensor]:
     buffer = bucket.buffer()
     group, world = state.process_group, state.world_size
-    step = state.step  # _end_issue() below advances it after the last bucket
+    step = state.step  # end_issue() below advances it after the last bucket
     started = time.perf_counter()
     with profiled("gradcomp::compress"):
         messages = codec.encode(buffer, step, record.measure, ratio)
@@ -136,7 +136,7 @@ def _codec_exchange(
             sent += message.numel() * message.element_size()
             works.append(work)
             futures.append(fut)
-    state._end_issue(record, sent, codec.numel * buffer.element_size(), bucket.is_last())
+    state.steps.end_issue(record, sent, codec.numel * buffer.element_size(), bucket.is_last())
 
     def finish(done: torch.futures.Future) -> torch.Tensor:
         for fut in done.value() if len(futures) > 1 else [done]:
@@ -145,7 +145,7 @@ def _codec_exchange(
         began = time.perf_counter()
         with profiled("gradcomp::decompress"):
             outcome = codec.decode(buffer, received, step, used)
-        state._finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
+        state.steps.finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
         return buffer
 
     return state.in_flight.then(bucket.index(), futures, finish, buffer.device, *works)
@@ -183,7 +183,7 @@ def _powersgd_exchange(
     issued = time.perf_counter()
     with profiled("gradcomp::communicate"):
         work, fut = allreduce_async(second, group)
-    state._end_issue(
+    state.steps.end_issue(
         record, codec.bytes_sent, codec.numel * buffer.element_size(), bucket.is_last()
     )
 
@@ -192,7 +192,7 @@ def _powersgd_exchange(
         began = time.perf_counter()
         with profiled("gradcomp::decompress"):
             outcome = codec.decode(buffer, first, second)
-        state._finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
+        state.steps.finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
         return buffer
 
     return state.in_flight.then(

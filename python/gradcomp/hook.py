@@ -256,26 +256,11 @@ class HookState:
         record.issued += 1
         return record, self._ratio
 
-    def _end_issue(self, record: StepRecord, sent: int, dense: int, last: bool) -> None:
-        self.steps.end_issue(record, sent, dense, last)
-
-    def _finish_bucket(
-        self,
-        record: StepRecord,
-        communicate: float,
-        decompress: float = 0.0,
-        outcome: int = 1,
-    ) -> None:
-        self.steps.finish_bucket(record, communicate, decompress, outcome)
-
     def _complete(self, record: StepRecord) -> None:
         if record.measure:
             scale = scalar(record.loss_scale) or 1.0
             record.residual_norm = math.sqrt(self._residuals.squared_norm()) / scale
         self.telemetry.complete(record)
-
-    def _restart_at(self, step: int) -> None:
-        self.steps.restart_at(step)
 
     def wait_for_callbacks(self, timeout: float = 10.0) -> bool:
         """Waits until every communication callback of earlier steps has been torn down on

@@ -212,7 +212,7 @@ class StepTracker:
             self._on_complete(record)
 
     def finish_bucket(
-        self, record: StepRecord, communicate: float, decompress: float, outcome: int
+        self, record: StepRecord, communicate: float, decompress: float = 0.0, outcome: int = 1
     ) -> None:
         """A bucket's result is written (decode's outcome: 0 when a rank's bucket was not
         finite); the step completes with its last finished bucket."""
