@@ -2,15 +2,19 @@
 
     python scripts/convergence_report.py results/convergence/*.json --out docs/results
 
-For each workload file writes <out>/convergence_<workload>.md (method, final metric, delta vs
+For each workload writes <out>/convergence_<workload>.md (method, final metric, delta vs
 dense, bytes per step and their ratio to dense) and <out>/convergence_<workload>.png (the metric
-against step and against cumulative bytes sent per rank), and prints the tables.
+against step and against cumulative bytes sent per rank), and prints the tables. Several files
+of one workload (runs of the same recipe made by separate commands, e.g. the full suite and
+`suite.py --methods ...`) are merged into one table, first file first; with --merged-json the
+merged record is written too. --plot-labels limits the curves to some methods.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,10 +29,14 @@ def _dense(result: dict) -> dict:
 
 
 def _value(metric: str, v: float) -> str:
+    if math.isnan(v):
+        return "diverged (NaN)"
     return f"{100 * v:.2f}%" if metric == "test_accuracy" else f"{v:.4f}"
 
 
 def _delta(metric: str, v: float, dense: float) -> str:
+    if math.isnan(v):
+        return "—"
     if metric == "test_accuracy":
         return f"{100 * (v - dense):+.2f} pt"
     return f"{100 * (v / dense - 1):+.2f}%"
@@ -44,6 +52,8 @@ def table(result: dict) -> str:
         spec = "DDP allreduce" if r["spec"] is None else f"`{r['spec']}`"
         if not r["error_feedback"]:
             spec += ", no EF"
+        for key, value in r.get("options", {}).items():
+            spec += f", {key}={value}"
         ratio = r["bytes_per_step"] / r["dense_bytes_per_step"]
         rows.append(
             f"| {r['label']} | {spec} | {_value(metric, r[metric])} | "
@@ -56,7 +66,34 @@ def table(result: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def plot(result: dict, path: Path) -> None:
+def merge(results: list[dict]) -> dict:
+    """One record from several of the same workload and recipe; a label seen twice keeps its
+    first run."""
+    first = results[0]
+    for other in results[1:]:
+        keys = set(first["recipe"]) | set(other["recipe"])  # older records lack newer fields
+        same = all(first["recipe"].get(k) == other["recipe"].get(k) for k in keys)
+        if not same or other["world_size"] != first["world_size"]:
+            raise ValueError(
+                f"{first['workload']}: cannot merge runs of different recipes or world sizes: "
+                f"{first['recipe']} ({first['world_size']} ranks) vs {other['recipe']} "
+                f"({other['world_size']} ranks)"
+            )
+    runs, seen = [], set()
+    for result in results:
+        for r in result["runs"]:
+            if r["label"] not in seen:
+                seen.add(r["label"])
+                runs.append(r)
+    dates = sorted(r["meta"]["date"] for r in results)
+    return {
+        **first,
+        "meta": {**first["meta"], "date": dates[-1], "merged_dates": dates},
+        "runs": runs,
+    }
+
+
+def plot(result: dict, path: Path, labels: list[str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +102,12 @@ def plot(result: dict, path: Path) -> None:
     metric = result["metric"]
     scale = 100.0 if metric == "test_accuracy" else 1.0
     fig, (by_step, by_bytes) = plt.subplots(1, 2, figsize=(13, 5))
+    colors = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10 colours
+    for ax in (by_step, by_bytes):
+        ax.set_prop_cycle(color=colors[::2] + colors[1::2])
     for r in result["runs"]:
+        if labels and r["label"] not in labels and r["spec"] is not None:
+            continue
         steps = [p["step"] for p in r["curve"]]
         sent = [p["bytes_sent"] / 1e6 for p in r["curve"]]
         values = [scale * p[metric] for p in r["curve"]]
@@ -100,15 +142,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="+", type=Path, help="suite JSON files")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--plot-labels", nargs="+", help="methods to draw (default: all)")
+    parser.add_argument("--suffix", default="", help="appended to the output names (_adamw)")
+    parser.add_argument(
+        "--merged-json", action="store_true", help="also write <out>/convergence_<workload>.json"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    by_workload: dict[str, list[dict]] = {}
     for path in args.results:
         result = json.loads(path.read_text())
-        name = result["workload"]
+        by_workload.setdefault(result["workload"], []).append(result)
+    for name, results in by_workload.items():
+        result = merge(results)
         text = table(result)
-        (args.out / f"convergence_{name}.md").write_text(text)
-        plot(result, args.out / f"convergence_{name}.png")
-        print(f"{name} ({path}):\n{text}")
+        stem = f"convergence_{name}{args.suffix}"
+        (args.out / f"{stem}.md").write_text(text)
+        plot(result, args.out / f"{stem}.png", args.plot_labels)
+        if args.merged_json:
+            (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"{name} ({len(results)} file(s)):\n{text}")
     return 0
 
 

@@ -27,22 +27,26 @@ at::Tensor draw_cuda(int64_t numel, int64_t k, const CompressContext& ctx,
 
 }  // namespace
 
-RandomKCompressor::RandomKCompressor(double ratio, bool unbiased)
-    : ratio_(ratio), unbiased_(unbiased) {
+RandomKCompressor::RandomKCompressor(double ratio, bool unbiased, int64_t min_k)
+    : ratio_(ratio), unbiased_(unbiased), min_k_(min_k) {
   check_fraction("randomk", "ratio", ratio);
+  TORCH_CHECK_VALUE(min_k >= 0 && min_k <= INT32_MAX, "randomk: min_k=", min_k,
+                    " is out of range; valid: 0 to ", INT32_MAX);
 }
 
 std::unique_ptr<Compressor> RandomKCompressor::create(const Options& options) {
   OptionReader reader("randomk", options);
   const double ratio = reader.real("ratio", 0.01, 0.0, false, 1.0, true);
   const bool unbiased = reader.flag("unbiased", false);
+  const int64_t min_k = TopKCompressor::read_min_k(reader);
   reader.finish();
-  return std::make_unique<RandomKCompressor>(ratio, unbiased);
+  return std::make_unique<RandomKCompressor>(ratio, unbiased, min_k);
 }
 
 std::string RandomKCompressor::spec() const {
   std::ostringstream out;
-  out << "randomk:ratio=" << ratio_ << ",unbiased=" << (unbiased_ ? 1 : 0);
+  out << "randomk:ratio=" << ratio_ << ",unbiased=" << (unbiased_ ? 1 : 0)
+      << TopKCompressor::min_k_spec(min_k_);
   return out.str();
 }
 
@@ -53,7 +57,7 @@ DeviceEncoding RandomKCompressor::device_encoding(int64_t numel) const {
 }
 
 int64_t RandomKCompressor::payload_numel(int64_t numel) const {
-  return TopKCompressor::k_for(ratio_, numel);
+  return TopKCompressor::k_for(ratio_, numel, min_k_);
 }
 
 std::vector<int32_t> RandomKCompressor::draw(int64_t numel, const CompressContext& ctx) const {

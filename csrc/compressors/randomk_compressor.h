@@ -1,4 +1,4 @@
-// Random-K: k = ceil(ratio * numel) elements at indices drawn from Philox(seed, step,
+// Random-K: k = max(ceil(ratio * numel), min_k) elements at indices drawn from Philox(seed, step,
 // parameter), one per stratum (kernels/cpu/randomk.h). Every rank draws the same indices, so
 // only the k float32 values travel, and they are summed by the dense allreduce.
 #pragma once
@@ -10,7 +10,7 @@ namespace gradcomp {
 
 class RandomKCompressor final : public Compressor {
  public:
-  RandomKCompressor(double ratio, bool unbiased);
+  RandomKCompressor(double ratio, bool unbiased, int64_t min_k = 0);
   static std::unique_ptr<Compressor> create(const Options& options);
 
   std::string name() const override { return "randomk"; }
@@ -38,6 +38,7 @@ class RandomKCompressor final : public Compressor {
 
   double ratio_;
   bool unbiased_;
+  int64_t min_k_;
 };
 
 }  // namespace gradcomp

@@ -12,6 +12,7 @@
 #include "compressors/quantize_compressor.h"
 #include "compressors/randomk_compressor.h"
 #include "compressors/threshold_compressor.h"
+#include "compressors/topk_bitmap_compressor.h"
 #include "compressors/topk_compressor.h"
 #include "compressors/topk_int8_compressor.h"
 
@@ -40,6 +41,7 @@ const std::map<std::string, Factory>& factories() {
       {"threshold", factory(&ThresholdCompressor::create)},
       {"topk", factory(&TopKCompressor::create)},
       {"topk_approx", factory(&TopKCompressor::create_approx)},
+      {"topk_bitmap", factory(&TopKBitmapCompressor::create)},
       {"topk_int8", factory(&TopKInt8Compressor::create)},
   };
   return table;

@@ -36,8 +36,11 @@ void select_cuda(const std::string& method, const at::Tensor& x, const at::Tenso
 
 }  // namespace
 
-TopKCompressor::TopKCompressor(double ratio, Selection selection, double sample_ratio)
-    : ratio_(ratio), selection_(selection), sample_ratio_(sample_ratio) {
+TopKCompressor::TopKCompressor(double ratio, Selection selection, double sample_ratio,
+                               int64_t min_k)
+    : ratio_(ratio), selection_(selection), sample_ratio_(sample_ratio), min_k_(min_k) {
+  TORCH_CHECK_VALUE(min_k >= 0 && min_k <= INT32_MAX, name(), ": min_k=", min_k,
+                    " is out of range; valid: 0 to ", INT32_MAX);
   check_fraction(name(), "ratio", ratio);
   check_fraction(name(), "sample_ratio", sample_ratio);
 }
@@ -45,21 +48,31 @@ TopKCompressor::TopKCompressor(double ratio, Selection selection, double sample_
 std::unique_ptr<Compressor> TopKCompressor::create(const Options& options) {
   OptionReader reader("topk", options);
   const double ratio = reader.real("ratio", 0.01, 0.0, false, 1.0, true);
+  const int64_t min_k = read_min_k(reader);
   reader.finish();
-  return std::make_unique<TopKCompressor>(ratio);
+  return std::make_unique<TopKCompressor>(ratio, Selection::kExact, 0.01, min_k);
 }
 
 std::unique_ptr<Compressor> TopKCompressor::create_approx(const Options& options) {
   OptionReader reader("topk_approx", options);
   const double ratio = reader.real("ratio", 0.01, 0.0, false, 1.0, true);
   const double sample_ratio = reader.real("sample_ratio", 0.01, 0.0, false, 1.0, true);
+  const int64_t min_k = read_min_k(reader);
   reader.finish();
-  return std::make_unique<TopKCompressor>(ratio, Selection::kSampledThreshold, sample_ratio);
+  return std::make_unique<TopKCompressor>(ratio, Selection::kSampledThreshold, sample_ratio, min_k);
 }
 
-int64_t TopKCompressor::k_for(double ratio, int64_t numel) {
+int64_t TopKCompressor::k_for(double ratio, int64_t numel, int64_t min_k) {
   const auto k = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(numel)));
-  return std::min(std::max<int64_t>(k, 1), numel);
+  return std::min(std::max<int64_t>({k, min_k, 1}), numel);
+}
+
+std::string TopKCompressor::min_k_spec(int64_t min_k) {
+  return min_k == 0 ? std::string() : ",min_k=" + std::to_string(min_k);
+}
+
+int64_t TopKCompressor::read_min_k(OptionReader& reader) {
+  return reader.integer("min_k", 0, 0, INT32_MAX);
 }
 
 std::string TopKCompressor::name() const {
@@ -70,6 +83,7 @@ std::string TopKCompressor::spec() const {
   std::ostringstream out;
   out << name() << ":ratio=" << ratio_;
   if (selection_ == Selection::kSampledThreshold) out << ",sample_ratio=" << sample_ratio_;
+  out << min_k_spec(min_k_);
   return out.str();
 }
 
@@ -89,7 +103,7 @@ void TopKCompressor::select(const float* x, int64_t n, int64_t k, float* values,
 
 int64_t TopKCompressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                     const CompressContext& ctx) const {
-  const int64_t n = input.numel(), k = k_for(ratio_, n);
+  const int64_t n = input.numel(), k = k_for(ratio_, n, min_k_);
   if (input.is_cuda()) {
     select_cuda(name(), input, payload, k);
     return payload.numel();
@@ -102,7 +116,7 @@ int64_t TopKCompressor::do_compress_with_feedback(const at::Tensor& grad,
                                                   const at::Tensor& residual,
                                                   const at::Tensor& payload,
                                                   const CompressContext& ctx) const {
-  const int64_t n = grad.numel(), k = k_for(ratio_, n);
+  const int64_t n = grad.numel(), k = k_for(ratio_, n, min_k_);
   if (grad.is_cuda()) {
     residual.add_(grad);
     select_cuda(name(), residual, payload, k);
@@ -126,7 +140,7 @@ int64_t TopKCompressor::do_compress_with_feedback(const at::Tensor& grad,
 
 int64_t TopKCompressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
                                           const CompressContext& ctx) const {
-  const int64_t k = k_for(ratio_, out.numel());
+  const int64_t k = k_for(ratio_, out.numel(), min_k_);
   if (out.is_cuda()) {
     cuda_kernels(name()).sparse_accumulate(payload_part(payload, 0, k, at::kFloat),
                                            payload_part(payload, 4 * k, k, at::kInt), out, 1.0f,

@@ -59,34 +59,39 @@ void encode_cuda(const at::Tensor& x, const at::Tensor* grad, const at::Tensor& 
 
 }  // namespace
 
-TopKInt8Compressor::TopKInt8Compressor(double ratio) : ratio_(ratio) {
+TopKInt8Compressor::TopKInt8Compressor(double ratio, int64_t min_k) : ratio_(ratio), min_k_(min_k) {
   check_fraction("topk_int8", "ratio", ratio);
+  TORCH_CHECK_VALUE(min_k >= 0 && min_k <= INT32_MAX, "topk_int8: min_k=", min_k,
+                    " is out of range; valid: 0 to ", INT32_MAX);
 }
 
 std::unique_ptr<Compressor> TopKInt8Compressor::create(const Options& options) {
   OptionReader reader("topk_int8", options);
   const double ratio = reader.real("ratio", 0.01, 0.0, false, 1.0, true);
+  const int64_t min_k = TopKCompressor::read_min_k(reader);
   reader.finish();
-  return std::make_unique<TopKInt8Compressor>(ratio);
+  return std::make_unique<TopKInt8Compressor>(ratio, min_k);
 }
 
 std::string TopKInt8Compressor::spec() const {
   std::ostringstream out;
-  out << "topk_int8:ratio=" << ratio_;
+  out << "topk_int8:ratio=" << ratio_ << TopKCompressor::min_k_spec(min_k_);
   return out.str();
 }
 
-DeviceEncoding TopKInt8Compressor::device_encoding(int64_t numel) const {
-  return {DeviceEncoding::Kind::kTopKInt8, TopKCompressor::k_for(ratio_, numel)};
+int64_t TopKInt8Compressor::k(int64_t numel) const {
+  return TopKCompressor::k_for(ratio_, numel, min_k_);
 }
 
-int64_t TopKInt8Compressor::payload_numel(int64_t numel) const {
-  return 4 + 5 * TopKCompressor::k_for(ratio_, numel);
+DeviceEncoding TopKInt8Compressor::device_encoding(int64_t numel) const {
+  return {DeviceEncoding::Kind::kTopKInt8, k(numel)};
 }
+
+int64_t TopKInt8Compressor::payload_numel(int64_t numel) const { return 4 + 5 * k(numel); }
 
 void TopKInt8Compressor::encode(float* x, const float* grad, bool compensated, int64_t n,
                                 const at::Tensor& payload) const {
-  const int64_t k = TopKCompressor::k_for(ratio_, n);
+  const int64_t k = this->k(n);
   const View v = view_of(payload, k);
   std::vector<float> values(k);
   std::vector<int32_t> indices(k);  // aligned scratch: the payload's int32s need not be
@@ -110,7 +115,7 @@ void TopKInt8Compressor::encode(float* x, const float* grad, bool compensated, i
 int64_t TopKInt8Compressor::do_compress(const at::Tensor& input, const at::Tensor& payload,
                                         const CompressContext& /*ctx*/) const {
   if (input.is_cuda()) {
-    encode_cuda(input, nullptr, payload, TopKCompressor::k_for(ratio_, input.numel()));
+    encode_cuda(input, nullptr, payload, k(input.numel()));
     return payload.numel();
   }
   encode(const_cast<float*>(input.data_ptr<float>()), nullptr, false, input.numel(), payload);
@@ -122,7 +127,7 @@ int64_t TopKInt8Compressor::do_compress_with_feedback(const at::Tensor& grad,
                                                       const at::Tensor& payload,
                                                       const CompressContext& /*ctx*/) const {
   if (grad.is_cuda()) {
-    encode_cuda(residual, &grad, payload, TopKCompressor::k_for(ratio_, grad.numel()));
+    encode_cuda(residual, &grad, payload, k(grad.numel()));
     return payload.numel();
   }
   encode(residual.data_ptr<float>(), grad.data_ptr<float>(), true, grad.numel(), payload);
@@ -131,7 +136,7 @@ int64_t TopKInt8Compressor::do_compress_with_feedback(const at::Tensor& grad,
 
 int64_t TopKInt8Compressor::do_decompress_add(const at::Tensor& payload, const at::Tensor& out,
                                               const CompressContext& ctx) const {
-  const int64_t n = out.numel(), k = TopKCompressor::k_for(ratio_, n);
+  const int64_t n = out.numel(), k = this->k(n);
   if (out.is_cuda()) {
     const auto scale = payload_part(payload, 0, 1, at::kFloat);
     const auto decoded = payload_part(payload, 4 + 4 * k, k, at::kChar).to(at::kFloat).mul(scale);

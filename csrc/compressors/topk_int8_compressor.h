@@ -11,7 +11,7 @@ namespace gradcomp {
 
 class TopKInt8Compressor final : public Compressor {
  public:
-  explicit TopKInt8Compressor(double ratio);
+  explicit TopKInt8Compressor(double ratio, int64_t min_k = 0);
   static std::unique_ptr<Compressor> create(const Options& options);
 
   std::string name() const override { return "topk_int8"; }
@@ -36,7 +36,10 @@ class TopKInt8Compressor final : public Compressor {
   void encode(float* x, const float* grad, bool compensated, int64_t n,
               const at::Tensor& payload) const;
 
+  int64_t k(int64_t numel) const;
+
   double ratio_;
+  int64_t min_k_;
 };
 
 }  // namespace gradcomp

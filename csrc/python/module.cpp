@@ -182,6 +182,13 @@ PYBIND11_MODULE(_C, m) {
   py::class_<ErrorFeedback, std::shared_ptr<ErrorFeedback>>(m, "ErrorFeedback")
       .def(py::init<>())
       .def("__len__", &ErrorFeedback::size)
+      .def(
+          "residual",
+          [](ErrorFeedback& self, const std::string& name, int64_t numel,
+             const at::Device& device) { return self.residual(self.slot(name, numel), device); },
+          py::arg("name"), py::arg("numel"), py::arg("device"),
+          "The live fp32 tensor of `name` (zero on first use, moved to `device`): writes to it "
+          "change the stored state.")
       .def("squared_norm", &ErrorFeedback::squared_norm)
       .def("scale", &ErrorFeedback::scale, py::arg("factor"),
            "Multiplies every residual by factor (a loss-scale change).")

@@ -19,10 +19,13 @@ from gradcomp.config import (
     Threshold,
     TopK,
     TopKApprox,
+    TopKBitmap,
     TopKInt8,
     parse_spec,
 )
 from gradcomp.hook import HookState, comm_hook, register
+from gradcomp.local_update import check_optimizer
+from gradcomp.simulate import Simulator
 
 __version__ = "0.3.0"
 
@@ -37,10 +40,13 @@ __all__ = [
     "PowerSGD",
     "RandomK",
     "Sign",
+    "Simulator",
     "Threshold",
     "TopK",
     "TopKApprox",
+    "TopKBitmap",
     "TopKInt8",
+    "check_optimizer",
     "comm_hook",
     "compressor_names",
     "ops",

@@ -1,10 +1,11 @@
 """HookState's checkpoints: what state_dict() holds, and how load_state_dict() reads it back.
 
 Version 3: shared values (compressor spec, overrides, seed, world size, step) at the top, and
-each rank's own part (residuals, PowerSGD's warm-start Q, the loss scale of the residuals, the
-counters) serialized with torch.save into bytes under the key ``rank<r>``. The rank-unique key
-is what makes torch.distributed.checkpoint work: it keeps one copy of keys that are equal on
-every rank. Versions 1 and 2 (one flat per-rank layout) still load.
+each rank's own part (residuals, PowerSGD's warm-start Q, momentum correction's velocities,
+EF21's estimates, the loss scale of the residuals, the counters) serialized with torch.save into
+bytes under the key ``rank<r>``. The rank-unique key is what makes
+torch.distributed.checkpoint work: it keeps one copy of keys that are equal on every rank.
+Versions 1 and 2 (one flat per-rank layout) still load.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def state_dict(state: HookState) -> dict[str, Any]:
     part = {
         "residuals": state._residuals.state_dict(),
         "warm_start": state._warm_start.state_dict(),
+        "velocity": state.local_update.velocity.state_dict(),
+        "estimates": state.estimates.local.state_dict() if state.estimates else {},
+        "shared_estimates": state.estimates.shared.state_dict() if state.estimates else {},
         "residual_scale": state.loss_scale.value(),
         "counters": state.telemetry.state(),
     }
@@ -68,6 +72,9 @@ def load_state_dict(state: HookState, saved: dict[str, Any]) -> None:
     part = _own_part(state, saved, version)
     state._residuals.reset()
     state._warm_start.reset()
+    state.local_update.velocity.reset()
+    if state.estimates is not None:
+        state.estimates.reset()
     if part is not None:
         # Q is the same on every rank and does not depend on the world size.
         state._warm_start.load_state_dict(_known(state, part["warm_start"], "warm-start Q"))
@@ -79,6 +86,13 @@ def load_state_dict(state: HookState, saved: dict[str, Any]) -> None:
         )
     elif part is not None:
         state._residuals.load_state_dict(_known(state, part["residuals"], "residual"))
+        # Momentum correction's velocities (absent before 0.4: no momentum then).
+        velocity = part.get("velocity", {})
+        state.local_update.velocity.load_state_dict(_known(state, velocity, "velocity"))
+        if state.estimates is not None:  # EF21's estimates (absent before 0.4)
+            local, shared = part.get("estimates", {}), part.get("shared_estimates", {})
+            state.estimates.local.load_state_dict(_known(state, local, "estimate"))
+            state.estimates.shared.load_state_dict(_known(state, shared, "shared estimate"))
     state.loss_scale.load(part["residual_scale"] if part is not None else None)
     state.steps.restart_at(int(saved["step"]))
     if version != STATE_VERSION:
@@ -115,6 +129,9 @@ def _own_part(state: HookState, saved: dict[str, Any], version: int) -> dict[str
     part = torch.load(io.BytesIO(blob), weights_only=True) if blob else None
     if part is not None and not own:
         part["residuals"] = {}  # another rank's: only its warm start is shared
+        part["velocity"] = {}
+        part["estimates"] = {}
+        part["shared_estimates"] = {}
         part["counters"] = None
     return part
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,12 +23,14 @@ import torch.distributed as dist
 from torch.profiler import record_function
 
 from gradcomp.comm import allgather_async, allreduce_async, exchange_lengths
+from gradcomp.estimate_feedback import EstimateFeedback
+from gradcomp.local_update import Entry, LocalUpdate
 from gradcomp.telemetry import StepRecord
 
 if TYPE_CHECKING:
     from gradcomp.hook import HookState
 
-__all__ = ["exchange_bucket"]
+__all__ = ["exchange_bucket", "prepare_encode"]
 
 _NOTHING = contextlib.nullcontext()
 
@@ -45,27 +48,59 @@ def profiled(name: str) -> contextlib.AbstractContextManager:
     return record_function(name) if _profiling() else _NOTHING
 
 
+def _nothing() -> None:
+    pass
+
+
+def prepare_encode(
+    local_update: LocalUpdate,
+    estimates: EstimateFeedback | None,
+    residuals: Any,
+    buffer: torch.Tensor,
+    layout: tuple[list[Entry], list[bool]],
+    velocities: list[torch.Tensor],
+) -> Callable[[], None]:
+    """Readies one rank's bucket for the codec's encode: EF21's difference, or the values that
+    momentum masking compares with; returns what to run right after encode. ``residuals``:
+    the codec's error feedback (None without)."""
+    entries, masked = layout
+    if estimates is not None:
+        pending = estimates.before_encode(buffer, entries, residuals)
+        return lambda: estimates.after_encode(pending)
+    if velocities and local_update.masking and residuals is not None:
+        compared = local_update.compensated(residuals, entries, velocities, masked)
+        return lambda: local_update.mask(compared)
+    return _nothing
+
+
 def exchange_bucket(
     state: HookState, bucket: dist.GradBucket
 ) -> torch.futures.Future[torch.Tensor]:
     buffer = bucket.buffer()
     record, ratio = state._begin_bucket(buffer.device)
+    plans = state.plans_at(state.step)
+    velocities: list[torch.Tensor] = []
+    if state.local_update.active:
+        entries, _masked = plans.entries_for(bucket)
+        velocities = state.local_update.apply(buffer, entries)
     if state.step < state.start_iter:  # dense warm-up, as DDP's own allreduce hook does it
         return _allreduce_bucket(state, bucket, record)
-    codec = state.plans.codec_for(bucket)
+    codec = plans.codec_for(bucket)
     if codec is None:  # only empty parameters: nothing to send on any rank
         state.steps.end_issue(record, 0, 0, bucket.is_last())
         state.steps.finish_bucket(record, 0.0)
         done: torch.futures.Future[torch.Tensor] = torch.futures.Future()
         done.set_result(buffer)
         return done
-    if state.plans.low_rank:
+    if plans.low_rank:
         return _powersgd_exchange(state, bucket, codec, record)
     if codec.all_dense:
         # Nothing compressed: allreduce the bucket as DDP does. An inf on one rank spreads to
         # every rank through the sum, so every GradScaler skips the step without a flag.
         return _allreduce_bucket(state, bucket, record)
-    return _codec_exchange(state, bucket, codec, record, ratio)
+    return _codec_exchange(
+        state, bucket, codec, plans.entries_for(bucket), record, ratio, velocities
+    )
 
 
 def _allreduce_bucket(
@@ -91,15 +126,28 @@ def _codec_exchange(
     state: HookState,
     bucket: dist.GradBucket,
     codec: Any,
+    layout: tuple[list[Entry], list[bool]],
     record: StepRecord,
     ratio: torch.Tensor | None,
+    velocities: list[torch.Tensor],
 ) -> torch.futures.Future[torch.Tensor]:
     buffer = bucket.buffer()
     group, world = state.process_group, state.world_size
     step = state.step  # end_issue() below advances it after the last bucket
+    entries = layout[0]
+    estimates = state.estimates
     started = time.perf_counter()
     with profiled("gradcomp::compress"):
+        after_encode = prepare_encode(
+            state.local_update,
+            estimates,
+            state._residuals if state.error_feedback else None,
+            buffer,
+            layout,
+            velocities,
+        )
         messages = codec.encode(buffer, step, record.measure, ratio)
+        after_encode()
     record.compress_seconds += time.perf_counter() - started
     if record.measure:
         input_sq, error_sq = codec.measured
@@ -145,6 +193,8 @@ def _codec_exchange(
         began = time.perf_counter()
         with profiled("gradcomp::decompress"):
             outcome = codec.decode(buffer, received, step, used)
+            if estimates is not None:
+                estimates.after_decode(buffer, entries)
         state.steps.finish_bucket(record, began - issued, time.perf_counter() - began, outcome)
         return buffer
 

@@ -9,7 +9,6 @@ No `from __future__ import annotations` here: DDP checks comm_hook's annotations
 (bucket: dist.GradBucket -> torch.futures.Future[torch.Tensor]).
 """
 
-import fnmatch
 import math
 import os
 from collections.abc import Mapping
@@ -20,12 +19,25 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from gradcomp import _C, checkpoint
-from gradcomp.config import CompressorConfig, NoCompression, PowerSGD, RandomK, resolve_config
+from gradcomp.checks import (
+    check_device,
+    check_dtype,
+    check_feedback,
+    check_int,
+    check_local_update,
+    check_overrides,
+    check_reducer,
+    check_warmup,
+)
+from gradcomp.config import CompressorConfig, RandomK, resolve_config
 from gradcomp.consistency import check_ranks_agree
+from gradcomp.estimate_feedback import EstimateFeedback
 from gradcomp.exchange import exchange_bucket
 from gradcomp.lifetime import InFlight
+from gradcomp.local_update import LocalUpdate, check_optimizer
 from gradcomp.loss_scale import ResidualScale
-from gradcomp.plans import BucketPlans
+from gradcomp.plans import BucketPlans, StagedPlans
+from gradcomp.schedule import DensityWarmup, density_of
 from gradcomp.telemetry import ScalarWriter, StepRecord, StepTracker, Telemetry, open_writer, scalar
 
 __all__ = ["HookState", "comm_hook", "register"]
@@ -61,11 +73,18 @@ class HookState:
         grad_scaler: Any = None,
         log_every: int = 0,
         tensorboard: str | os.PathLike[str] | ScalarWriter | None = None,
+        momentum: float = 0.0,
+        mask_momentum: bool = True,
+        clip: float | None = None,
+        warmup_steps: int = 0,
+        warmup_density: float = 0.25,
+        feedback: str = "residual",
     ) -> None:
-        _check_int("min_numel", min_numel, 0, 2**62)
-        _check_int("start_iter", start_iter, 0, 2**62)
-        _check_int("seed", seed, 0, 2**64 - 1)
-        _check_int("log_every", log_every, 0, 2**62)
+        check_int("min_numel", min_numel, 0, 2**62)
+        check_int("warmup_steps", warmup_steps, 0, 2**62)
+        check_int("start_iter", start_iter, 0, 2**62)
+        check_int("seed", seed, 0, 2**64 - 1)
+        check_int("log_every", log_every, 0, 2**62)
         if not isinstance(error_feedback, bool):
             raise TypeError(f"error_feedback must be a bool, got {type(error_feedback).__name__}")
         if isinstance(config, RandomK) and config.unbiased and error_feedback:
@@ -87,7 +106,18 @@ class HookState:
                 "dist.init_process_group(...) (torchrun sets up the env) first"
             )
         overrides = dict(overrides or {})
-        _check_overrides(config, overrides, param_numels)
+        check_overrides(config, overrides, param_numels)
+        check_local_update(
+            config,
+            overrides,
+            momentum,
+            clip,
+            error_feedback=error_feedback,
+            scaler=grad_scaler,
+            masking=mask_momentum,
+        )
+        check_feedback(config, feedback, error_feedback=error_feedback, scaler=grad_scaler)
+        check_warmup(config, warmup_steps, warmup_density)
         if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
             raise TypeError(
                 "process_group must be a torch.distributed.ProcessGroup (e.g. from "
@@ -107,10 +137,12 @@ class HookState:
         self.parameter_names = list(param_names.values())
         self._residuals = _C.ErrorFeedback()
         self._warm_start = _C.ErrorFeedback()  # PowerSGD's Q per parameter
-        self.plans = BucketPlans(
+        self.warmup = DensityWarmup(warmup_steps, warmup_density, density_of(config))
+        self.staged_plans = StagedPlans(
             config,
             overrides,
             param_names,
+            self.warmup,
             min_numel=min_numel,
             seed=seed,
             rank=self.rank,
@@ -118,6 +150,13 @@ class HookState:
             residuals=self._residuals if error_feedback else None,
             warm_start=self._warm_start,
         )
+        self.plans = self.staged_plans.target
+        total = sum(param_numels.values()) if param_numels else 0
+        self.local_update = LocalUpdate(
+            momentum=momentum, clip=clip, total_numel=total, masking=mask_momentum
+        )
+        self.feedback = feedback
+        self.estimates = EstimateFeedback() if feedback == "ef21" else None
         # PowerSGD's codec takes no ratio: its residuals are rescaled on the host.
         self.loss_scale = ResidualScale(
             grad_scaler, self._residuals, device_ratio=not self.plans.low_rank
@@ -138,6 +177,10 @@ class HookState:
             "start_iter": start_iter,
             "seed": seed,
             "loss_scaling": grad_scaler is not None,
+            "momentum": [momentum, mask_momentum],
+            "clip": clip,
+            "warmup": [warmup_steps, warmup_density],
+            "feedback": feedback,
             "parameters": [[name, numel] for name, numel in numels.items()],
         }
         self._ranks_agree = False
@@ -157,6 +200,12 @@ class HookState:
         grad_scaler: Any = None,
         log_every: int = 0,
         tensorboard: str | os.PathLike[str] | ScalarWriter | None = None,
+        momentum: float = 0.0,
+        mask_momentum: bool = True,
+        clip: float | None = None,
+        warmup_steps: int = 0,
+        warmup_density: float = 0.25,
+        feedback: str = "residual",
         **options: Any,
     ) -> "HookState":
         """A state for ``model`` without registering it: for
@@ -166,7 +215,7 @@ class HookState:
         state first, e.g. Lightning's ``ddp_comm_state``): DDP keeps the same parameters.
         """
         if isinstance(model, DistributedDataParallel):
-            _check_reducer(model)
+            check_reducer(model)
             module = model.module
         elif isinstance(model, torch.nn.Module):
             module = model
@@ -180,8 +229,8 @@ class HookState:
         numels: dict[str, int] = {}
         for raw_name, param in module.named_parameters():
             name = canonical_name(raw_name)
-            _check_device(name, param.device)
-            _check_dtype(name, param.dtype)
+            check_device(name, param.device)
+            check_dtype(name, param.dtype)
             names[id(param)] = name
             numels[name] = param.numel()
         if overrides is not None and not isinstance(overrides, Mapping):
@@ -210,6 +259,12 @@ class HookState:
             grad_scaler=grad_scaler,
             log_every=log_every,
             tensorboard=tensorboard,
+            momentum=momentum,
+            mask_momentum=mask_momentum,
+            clip=clip,
+            warmup_steps=warmup_steps,
+            warmup_density=warmup_density,
+            feedback=feedback,
         )
 
     # -- what it is configured with --------------------------------------------------------
@@ -241,6 +296,16 @@ class HookState:
         """The config a parameter is compressed with; None when it is sent dense because an
         override says "none" (the size cut, min_numel, is applied separately)."""
         return self.plans.method_for(name)
+
+    def plans_at(self, step: int) -> BucketPlans:
+        """The bucket codecs of a step: the configured ones, or during the density warm-up
+        those of the step's stage."""
+        return self.staged_plans.at(step - self.start_iter)
+
+    @property
+    def density(self) -> float | None:
+        """The main method's density at the current step (None for a method without one)."""
+        return self.warmup.density(self.warmup.stage(self.step - self.start_iter))
 
     # -- step accounting, for exchange.py --------------------------------------------------
 
@@ -280,6 +345,8 @@ class HookState:
         relative_error = ||g - C(g)|| / ||g|| over the whole gradient (g compensated by error
         feedback), and residual_norm (in unscaled gradient units), are measured on every
         ``log_every``-th step only: the latest measurement, NaN before the first.
+        density: the main method's density at the next step (the warm-up's while it runs;
+        None for methods without one); warmup_steps_left: steps until it reaches its own.
         """
         with self.telemetry.lock:
             totals = dict(self.telemetry.totals)
@@ -303,6 +370,10 @@ class HookState:
             "residual_norm": math.sqrt(self._residuals.squared_norm()) / scale,
             "relative_error": measured["relative_error"] if measured else float("nan"),
             "relative_error_step": measured["step"] + 1 if measured else None,
+            "density": self.density,
+            "warmup_steps_left": max(0, self.start_iter + self.warmup.warmup_steps - self.step)
+            if self.warmup.warmup_steps
+            else 0,
             "last_step": last,
         }
 
@@ -356,92 +427,11 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
     return exchange_bucket(state, bucket)
 
 
-def _check_device(name: str, device: torch.device) -> None:
-    """Parameters must be on the CPU, or on CUDA when this build has the CUDA kernels."""
-    if device.type == "cpu":
-        return
-    if device.type != "cuda":
-        raise NotImplementedError(
-            f"parameter {name!r} is on {device}; gradcomp supports cpu and cuda devices"
-        )
-    if not _C.has_cuda_kernels():
-        raise NotImplementedError(
-            f"parameter {name!r} is on {device} but this gradcomp build has no CUDA kernels "
-            "(nvcc was not on PATH when it was built); reinstall with nvcc available and a "
-            "CUDA build of torch"
-        )
-
-
 def canonical_name(name: str) -> str:
     """A parameter's name without torch.compile's ``_orig_mod.`` segments, so that residuals,
     overrides and checkpoints use the same names whether or not (and where) a model is
     compiled."""
     return ".".join(part for part in name.split(".") if part != "_orig_mod")
-
-
-def _check_reducer(model: DistributedDataParallel) -> None:
-    if getattr(model, "_use_python_reducer", False):
-        raise ValueError(
-            "this DDP model uses DDP's Python reducer (torch._dynamo.config.optimize_ddp = "
-            "'python_reducer', for compiled autograd), which calls comm hooks per parameter; "
-            "gradcomp needs DDP's C++ reducer: use optimize_ddp='ddp_optimizer' (the default) "
-            "and do not enable compiled autograd"
-        )
-
-
-def _check_overrides(
-    config: CompressorConfig,
-    overrides: dict[str, CompressorConfig],
-    param_numels: dict[str, int] | None,
-) -> None:
-    """PowerSGD's codec takes one method: with it, overrides may only send tensors dense. Every
-    pattern must match a parameter (a typo would otherwise silently compress everything)."""
-    for pattern, override in overrides.items():
-        if isinstance(override, NoCompression):
-            continue
-        if isinstance(config, PowerSGD) or isinstance(override, PowerSGD):
-            raise ValueError(
-                f"override {pattern!r}: {override.spec!r} beside main compressor {config.spec!r}; "
-                "PowerSGD compresses a whole bucket at once, so with powersgd (as the main "
-                "compressor or an override) an override may only be 'none' (send dense)"
-            )
-        if isinstance(override, RandomK) and override.unbiased:
-            raise ValueError(
-                f"override {pattern!r}: randomk with unbiased=1 cannot run with error feedback; "
-                "use unbiased=0"
-            )
-    if param_numels is None:
-        return
-    for pattern in overrides:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in param_numels):
-            names = list(param_numels)
-            shown = ", ".join(names[:12])
-            if len(names) > 12:
-                shown += f", ... ({len(names)} in all)"
-            raise ValueError(
-                f"override pattern {pattern!r} matches no parameter (fnmatch syntax, matched "
-                f"against full names); parameters: {shown}"
-            )
-
-
-_GRADIENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _check_dtype(name: str, dtype: torch.dtype) -> None:
-    """Residuals, payloads and the dense channel are float32: wider or complex gradients would
-    lose precision or meaning, so they are refused rather than silently rounded."""
-    if dtype not in _GRADIENT_DTYPES:
-        raise TypeError(
-            f"parameter {name!r} is {dtype}; gradcomp compresses float32, bfloat16 and float16 "
-            "gradients (keep such parameters out of the DDP model, or convert them)"
-        )
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name}={value} is out of range; valid: {low} <= {name} <= {high}")
 
 
 def register(
@@ -457,6 +447,13 @@ def register(
     grad_scaler: Any = None,
     log_every: int = 0,
     tensorboard: str | os.PathLike[str] | ScalarWriter | None = None,
+    momentum: float = 0.0,
+    mask_momentum: bool = True,
+    clip: float | None = None,
+    warmup_steps: int = 0,
+    warmup_density: float = 0.25,
+    feedback: str = "residual",
+    optimizer: torch.optim.Optimizer | None = None,
     **options: Any,
 ) -> HookState:
     """Registers gradcomp's communication hook on a DDP model and returns its HookState.
@@ -479,6 +476,23 @@ def register(
             and log a line (rank 0, logger "gradcomp"); 0: never.
         tensorboard: a log directory or a SummaryWriter: the logged values as scalars
             (needs log_every).
+        momentum: momentum correction (Deep Gradient Compression): the hook keeps a velocity
+            per parameter and compresses it in place of the gradient, and clears it where a
+            sparsifier sent values. The optimizer must then have no momentum of its own
+            (SGD's momentum=0, Adam's betas[0]=0): pass it as ``optimizer`` to have that
+            checked. 0: off.
+        mask_momentum: with momentum, clear the velocity where a sparsifier sent values
+            (DGC's momentum factor masking); False keeps it.
+        clip: clip each rank's own gradient to this L2 norm before error feedback (each
+            bucket to its share, clip * sqrt(bucket numel / model numel)). None: off.
+        warmup_steps: density warm-up: over this many steps from start_iter the sparsifiers'
+            density falls exponentially, in 4 stages, from ``warmup_density`` to their own.
+        warmup_density: the density the warm-up starts at.
+        feedback: "residual" (classic error feedback: what compression dropped is added to
+            the next step's gradient) or "ef21" (EF21: each rank compresses the change of its
+            gradient estimate, and the optimizer receives the dense estimate of the average;
+            see docs/convergence.md for when it pays).
+        optimizer: the training loop's optimizer, checked against ``momentum``.
         **options: compressor options, e.g. ``ratio=0.01``.
     """
     if not isinstance(model, DistributedDataParallel):
@@ -498,7 +512,15 @@ def register(
         grad_scaler=grad_scaler,
         log_every=log_every,
         tensorboard=tensorboard,
+        momentum=momentum,
+        mask_momentum=mask_momentum,
+        clip=clip,
+        warmup_steps=warmup_steps,
+        warmup_density=warmup_density,
+        feedback=feedback,
         **options,
     )
+    if optimizer is not None:
+        check_optimizer(optimizer, momentum)
     model.register_comm_hook(state, comm_hook)
     return state

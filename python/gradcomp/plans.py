@@ -8,14 +8,26 @@ bucket index and rebuilt when the parameters in that bucket change.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-import torch.distributed as dist
+import torch
 
 from gradcomp import _C
 from gradcomp.config import CompressorConfig, NoCompression
+from gradcomp.local_update import Entry, is_sparsifier
+from gradcomp.schedule import STAGES, DensityWarmup
 
-__all__ = ["BucketPlans"]
+__all__ = ["BucketLike", "BucketPlans", "StagedPlans"]
+
+
+class BucketLike(Protocol):
+    """What plans read of a bucket: DDP's GradBucket, or the simulator's stand-in."""
+
+    def index(self) -> int: ...
+    def buffer(self) -> torch.Tensor: ...
+    def parameters(self) -> Sequence[torch.Tensor]: ...
+    def gradients(self) -> Sequence[torch.Tensor]: ...
 
 
 class BucketPlans:
@@ -48,7 +60,8 @@ class BucketPlans:
         self._world_size = world_size
         self._residuals = residuals
         self._warm_start = warm_start
-        self._codecs: dict[int, tuple[tuple[int, ...], Any]] = {}
+        # bucket index -> (parameter ids, codec, entries, which entries a sparsifier sends)
+        self._codecs: dict[int, tuple[tuple[int, ...], Any, list[Entry], list[bool]]] = {}
 
     def __len__(self) -> int:
         """How many bucket layouts have a codec."""
@@ -56,7 +69,7 @@ class BucketPlans:
 
     def codecs(self) -> list[Any]:
         """The codecs of the current bucket layouts (None for a bucket of empty parameters)."""
-        return [codec for _key, codec in self._codecs.values() if codec is not None]
+        return [cached[1] for cached in self._codecs.values() if cached[1] is not None]
 
     @property
     def low_rank(self) -> bool:
@@ -71,14 +84,23 @@ class BucketPlans:
                 return None if isinstance(override, NoCompression) else override
         return self.config
 
-    def codec_for(self, bucket: dist.GradBucket) -> Any:
+    def codec_for(self, bucket: BucketLike) -> Any:
         """The bucket's codec, rebuilt when DDP changes the layout; None for a bucket of empty
         parameters only."""
+        return self._cached(bucket)[1]
+
+    def entries_for(self, bucket: BucketLike) -> tuple[list[Entry], list[bool]]:
+        """The bucket's entries (name, offset, numel, compress, rows, method) and, for each,
+        whether a sparsifier sends it (what momentum factor masking applies to)."""
+        cached = self._cached(bucket)
+        return cached[2], cached[3]
+
+    def _cached(self, bucket: BucketLike) -> tuple[tuple[int, ...], Any, list[Entry], list[bool]]:
         params = bucket.parameters()
         key = tuple(map(id, params))
         cached = self._codecs.get(bucket.index())
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached
         entries = self._entries(bucket)
         codec: Any = None
         if entries and self.low_rank:
@@ -99,10 +121,12 @@ class BucketPlans:
                 self._rank,
                 self._world_size,
             )
-        self._codecs[bucket.index()] = (key, codec)
-        return codec
+        masked = [e[3] and is_sparsifier(self.methods[e[5]]) for e in entries]
+        cached = (key, codec, entries, masked)
+        self._codecs[bucket.index()] = cached
+        return cached
 
-    def _entries(self, bucket: dist.GradBucket) -> list[tuple[str, int, int, bool, int, int]]:
+    def _entries(self, bucket: BucketLike) -> list[Entry]:
         """(name, offset, numel, compress, rows, method) per non-empty parameter."""
         buffer = bucket.buffer()
         base, item = buffer.data_ptr(), buffer.element_size()
@@ -126,3 +150,40 @@ class BucketPlans:
             index = self.methods.index(method) if method is not None else 0
             entries.append((name, offset, numel, compress, rows, index))
         return entries
+
+
+class StagedPlans:
+    """The configured BucketPlans and, during the density warm-up, one denser BucketPlans per
+    stage, built at the stage's first step and dropped once the warm-up is over. ``options``
+    are BucketPlans' keyword arguments (the residuals are shared by every stage)."""
+
+    def __init__(
+        self,
+        config: CompressorConfig,
+        overrides: dict[str, CompressorConfig],
+        param_names: dict[int, str],
+        warmup: DensityWarmup,
+        **options: Any,
+    ) -> None:
+        self.target = BucketPlans(config, overrides, param_names, **options)
+        self.warmup = warmup
+        self._param_names = param_names
+        self._options = options
+        self._stages: dict[int, BucketPlans] = {}
+
+    def at(self, compressing_step: int) -> BucketPlans:
+        """The plans of a step counted from where compression starts."""
+        stage = self.warmup.stage(compressing_step)
+        if stage >= STAGES:
+            self._stages.clear()
+            return self.target
+        plans = self._stages.get(stage)
+        if plans is None:
+            config = self.warmup.config_at(self.target.config, stage)
+            overrides = {
+                pattern: self.warmup.config_at(c, stage)
+                for pattern, c in self.target.overrides.items()
+            }
+            plans = BucketPlans(config, overrides, self._param_names, **self._options)
+            self._stages[stage] = plans
+        return plans

@@ -36,11 +36,16 @@ from fashion_mnist_ddp import SmallCNN, load_fashion_mnist  # noqa: E402
 
 @dataclass(frozen=True)
 class Method:
-    """One training run: `spec` None is DDP's own allreduce (the dense baseline)."""
+    """One training run: `spec` None is DDP's own allreduce (the dense baseline). `options` are
+    more keyword arguments of gradcomp.register (momentum=, clip=, warmup_steps=, ...). With
+    momentum the optimizer runs without its own, and the recipe's clipping moves into the hook
+    (clip=, each rank's gradient before error feedback, as DGC does): clipping the averaged
+    update would clip the velocity. A method's own clip= replaces the recipe's clipping too."""
 
     label: str
     spec: str | None
     error_feedback: bool = True
+    options: dict = field(default_factory=dict)
 
 
 DENSE = Method("dense", None)
@@ -57,13 +62,63 @@ METHODS = [
     Method("topk_int8 1%", "topk_int8:ratio=0.01"),
     Method("powersgd rank 2", "powersgd:rank=2"),
     Method("topk 10%", "topk:ratio=0.1"),
+    # The recipes of docs/convergence.md's second part (issue 16): what each option buys.
+    Method("topk 4%", "topk:ratio=0.04"),
+    Method("topk_int8 5%", "topk_int8:ratio=0.05"),
+    Method("topk_int8 7%", "topk_int8:ratio=0.07"),
+    Method("topk_int8 15%", "topk_int8:ratio=0.15"),
+    Method("topk_int8 25%", "topk_int8:ratio=0.25"),
+    Method("topk_bitmap 10%", "topk_bitmap:ratio=0.1"),
+    Method("topk_bitmap 15%", "topk_bitmap:ratio=0.15"),
+    Method("topk_bitmap 20%", "topk_bitmap:ratio=0.2"),
+    Method("qsgd 2-bit", "qsgd:bits=2"),
+    Method("powersgd rank 4", "powersgd:rank=4"),
+    Method("topk 1% local clip", "topk:ratio=0.01", options={"clip": 1.0}),
+    Method("topk 1% dgc", "topk:ratio=0.01", options={"momentum": 0.9, "warmup_steps": 200}),
+    Method("topk 1% ef21", "topk:ratio=0.01", options={"momentum": 0.9, "feedback": "ef21"}),
+    Method("topk_int8 5% local clip", "topk_int8:ratio=0.05", options={"clip": 1.0}),
+    Method(
+        "topk_int8 5% dgc", "topk_int8:ratio=0.05", options={"momentum": 0.9, "warmup_steps": 200}
+    ),
+    Method(
+        "topk_int8 5% momentum",
+        "topk_int8:ratio=0.05",
+        options={"momentum": 0.9, "mask_momentum": False},
+    ),
+    Method(
+        "topk_int8 4% ef21", "topk_int8:ratio=0.04", options={"momentum": 0.9, "feedback": "ef21"}
+    ),
+    Method("randomk 10% dgc", "randomk:ratio=0.1", options={"momentum": 0.9}),
+    Method(
+        "randomk 10% momentum",
+        "randomk:ratio=0.1",
+        options={"momentum": 0.9, "mask_momentum": False},
+    ),
+    Method("randomk 10% ef21", "randomk:ratio=0.1", options={"feedback": "ef21"}),
+    Method("randomk 10% unbiased", "randomk:ratio=0.1,unbiased=1", error_feedback=False),
+    Method(
+        "randomk 10% ef21 momentum",
+        "randomk:ratio=0.1",
+        options={"momentum": 0.9, "feedback": "ef21"},
+    ),
+    Method("sign momentum", "sign", options={"momentum": 0.9}),
+    Method("sign ef21", "sign", options={"feedback": "ef21"}),
 ]
 METHODS_BY_LABEL = {m.label: m for m in METHODS}
-# Each suite's methods: the issue's list; Fashion-MNIST adds Top-K without error feedback (what
-# EF buys), the LM adds Top-K 10% (what ratio a small transformer needs).
+# Each suite's methods: the first suite's list (Fashion-MNIST adds Top-K without error feedback,
+# what EF buys; the LM adds Top-K 10%, what ratio a small transformer needs), then the recipes
+# of issue 16 that each suite compares; docs/convergence.md has every result.
+_BASE = [m.label for m in METHODS[: METHODS.index(METHODS_BY_LABEL["topk 10%"]) + 1]]
 SUITE_METHODS = {
-    "fashion_mnist": [m.label for m in METHODS if m.label != "topk 10%"],
-    "char_lm": [m.label for m in METHODS if m.error_feedback],
+    "fashion_mnist": [label for label in _BASE if label != "topk 10%"]
+    + ["randomk 10% momentum", "randomk 10% dgc", "randomk 10% ef21 momentum", "sign momentum"]
+    + ["sign ef21"],
+    "char_lm": [label for label in _BASE if not label.endswith("without EF")]
+    + ["topk_bitmap 10%", "topk_bitmap 15%", "topk_bitmap 20%"]
+    + ["topk 1% local clip", "topk 1% dgc", "topk 1% ef21", "topk_int8 5% momentum"]
+    + ["randomk 10% dgc", "sign momentum"],
+    "char_lm_1m": ["dense", "topk 1%", "topk_bitmap 10%", "topk_bitmap 15%"]
+    + ["powersgd rank 2", "powersgd rank 4"],
 }
 
 
@@ -92,6 +147,14 @@ CHAR_LM = Recipe(
     evals=10,
     clip_grad_norm=1.0,
     extra={"context": 64, "width": 64, "layers": 2, "heads": 4, "steps": 1000},
+)
+# The second LM configuration: 1.07M parameters, matrices of 16k-66k elements (width 128, 5
+# blocks), so that results are not an artifact of tiny tensors; twice the steps.
+CHAR_LM_1M = replace(
+    CHAR_LM,
+    lr=0.3,
+    warmup_steps=100,
+    extra={"context": 64, "width": 128, "layers": 5, "heads": 4, "steps": 2000},
 )
 
 
@@ -149,6 +212,14 @@ class FashionMnist:
                 correct[1] += len(logits)
         dist.all_reduce(correct)
         return (correct[0] / correct[1]).item()
+
+    def evaluate_local(self, model: torch.nn.Module) -> float:
+        """Accuracy on all 10,000 test images in this process (the simulator has no group)."""
+        with torch.no_grad():
+            logits = torch.cat(
+                [model(self.test_images[s : s + 1000]) for s in range(0, 10000, 1000)]
+            )
+        return (logits.argmax(1) == self.test_labels[: len(logits)]).double().mean().item()
 
 
 # --- Char-LM ------------------------------------------------------------------------------
@@ -253,8 +324,14 @@ class CharLm:
         with torch.no_grad():
             return self.loss(model, self.val_windows).item()
 
+    evaluate_local = evaluate
 
-WORKLOADS = {"fashion_mnist": (FashionMnist, FASHION_MNIST), "char_lm": (CharLm, CHAR_LM)}
+
+WORKLOADS = {
+    "fashion_mnist": (FashionMnist, FASHION_MNIST),
+    "char_lm": (CharLm, CHAR_LM),
+    "char_lm_1m": (CharLm, CHAR_LM_1M),
+}
 RECIPE_ENV = "GRADCOMP_CONVERGENCE_RECIPE"
 
 
@@ -274,12 +351,23 @@ def recipe_for(workload_name: str) -> Recipe:
 # --- the shared loop ----------------------------------------------------------------------
 
 
-def _optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+def optimizer_for(recipe: Recipe, model: torch.nn.Module, momentum: float) -> torch.optim.Optimizer:
+    """The recipe's optimizer; without its own momentum when the hook applies it."""
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9)
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.0 if momentum else 0.9)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+        betas = (0.0, 0.999) if momentum else (0.9, 0.999)
+        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=betas, weight_decay=0.01)
     raise ValueError(f"recipe optimizer {recipe.optimizer!r}; valid: 'sgd', 'adamw'")
+
+
+def hook_options(recipe: Recipe, method: Method) -> tuple[dict, float | None]:
+    """The method's register() options, and the norm to clip the averaged gradient to (None:
+    no clipping after averaging); see Method."""
+    options = dict(method.options)
+    if options.get("momentum") and "clip" not in options and recipe.clip_grad_norm is not None:
+        options["clip"] = recipe.clip_grad_norm
+    return options, None if "clip" in options else recipe.clip_grad_norm
 
 
 def train_one(workload, recipe: Recipe, method: Method, log_prefix: str) -> dict:
@@ -288,11 +376,17 @@ def train_one(workload, recipe: Recipe, method: Method, log_prefix: str) -> dict
     dense_bytes = 4 * sum(p.numel() for p in model.parameters())
     ddp = DistributedDataParallel(model)
     state = None
+    optimizer = optimizer_for(recipe, model, method.options.get("momentum", 0.0))
+    options, clip = hook_options(recipe, method)
     if method.spec is not None:
         state = gradcomp.register(
-            ddp, method.spec, error_feedback=method.error_feedback, seed=recipe.seed
+            ddp,
+            method.spec,
+            error_feedback=method.error_feedback,
+            seed=recipe.seed,
+            optimizer=optimizer,
+            **options,
         )
-    optimizer = _optimizer(recipe, model)
     total = workload.total_steps
     eval_steps = {round(total * (i + 1) / recipe.evals) for i in range(recipe.evals)}
     curve, losses = [], []
@@ -303,8 +397,8 @@ def train_one(workload, recipe: Recipe, method: Method, log_prefix: str) -> dict
         optimizer.zero_grad()
         loss = workload.loss(ddp, batch)
         loss.backward()
-        if recipe.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         losses.append(loss.item())
         if step in eval_steps:
@@ -335,6 +429,25 @@ def train_one(workload, recipe: Recipe, method: Method, log_prefix: str) -> dict
     }
 
 
+def _write(out: str, name: str, workload, world: int, recipe: Recipe, runs: list[dict]) -> None:
+    result = {
+        "workload": name,
+        "metric": workload.metric,
+        "world_size": world,
+        "recipe": asdict(recipe),
+        "meta": {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "corpus_files": getattr(workload, "files", None),
+        },
+        "runs": runs,
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+
+
 def run_suite(
     rank: int, world: int, store: str, workload_name: str, labels: list[str], out: str
 ) -> None:
@@ -344,28 +457,13 @@ def run_suite(
     try:
         recipe = recipe_for(workload_name)
         workload = WORKLOADS[workload_name][0](recipe, rank, world)
-        runs = []
+        runs: list[dict] = []
         for i, label in enumerate(labels):
             prefix = f"[{workload_name} {i + 1}/{len(labels)}]"
             runs.append(train_one(workload, recipe, METHODS_BY_LABEL[label], prefix))
             gc.collect()
-        if rank == 0:
-            result = {
-                "workload": workload_name,
-                "metric": workload.metric,
-                "world_size": world,
-                "recipe": asdict(recipe),
-                "meta": {
-                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    "machine": platform.machine(),
-                    "corpus_files": getattr(workload, "files", None),
-                },
-                "runs": runs,
-            }
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(result, indent=1) + "\n")
+            if rank == 0:  # after every method, so a long run interrupted keeps what it did
+                _write(out, workload_name, workload, world, recipe, runs)
     finally:
         gc.collect()
         dist.destroy_process_group()

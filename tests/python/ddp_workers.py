@@ -35,6 +35,7 @@ def _init(rank: int, world_size: int, port: int) -> None:
 TRAINED_METHODS = [
     "topk_approx",
     "topk_int8",
+    "topk_bitmap",
     "randomk:ratio=0.1",
     "threshold:density=0.01",
     "qsgd",

@@ -72,14 +72,14 @@ def test_cuda_build_without_gpu() -> None:
 
 
 def test_register_says_which_devices_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gradcomp import hook
+    from gradcomp import checks
 
-    hook._check_device("w", torch.device("cpu"))
+    checks.check_device("w", torch.device("cpu"))
     with pytest.raises(NotImplementedError, match="'w' is on meta; gradcomp supports cpu and cuda"):
-        hook._check_device("w", torch.device("meta"))
-    monkeypatch.setattr(hook._C, "has_cuda_kernels", lambda: False)
+        checks.check_device("w", torch.device("meta"))
+    monkeypatch.setattr(checks._C, "has_cuda_kernels", lambda: False)
     with pytest.raises(NotImplementedError, match="no CUDA kernels .* reinstall with nvcc"):
-        hook._check_device("w", torch.device("cuda", 0))
+        checks.check_device("w", torch.device("cuda", 0))
 
 
 @needs_gpu

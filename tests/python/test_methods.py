@@ -17,7 +17,18 @@ import reference
 import wire
 
 SIZES = [1, 7, 8, 9, 127, 128, 129, 1000, 4097]
-FIXED = ["topk", "topk_approx", "topk_int8", "randomk", "qsgd", "sign", "int8", "fp16", "bf16"]
+FIXED = [
+    "topk",
+    "topk_approx",
+    "topk_int8",
+    "topk_bitmap",
+    "randomk",
+    "qsgd",
+    "sign",
+    "int8",
+    "fp16",
+    "bf16",
+]
 
 
 def _x(n: int, seed: int = 0) -> torch.Tensor:

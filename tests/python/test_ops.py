@@ -139,7 +139,16 @@ def test_compressor_names_match_python_configs() -> None:
     assert gradcomp.compressor_names() == sorted(gradcomp.config.CONFIGS)
 
 
-_PER_TENSOR = ["topk_approx", "topk_int8", "randomk", "qsgd:bits=2", "sign", "int8", "fp16"]
+_PER_TENSOR = [
+    "topk_approx",
+    "topk_int8",
+    "topk_bitmap",
+    "randomk",
+    "qsgd:bits=2",
+    "sign",
+    "int8",
+    "fp16",
+]
 
 
 @pytest.mark.parametrize("spec", [*_PER_TENSOR, "bf16", "threshold:tau=0.5"])

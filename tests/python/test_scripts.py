@@ -93,7 +93,9 @@ def test_demo_says_how_to_get_missing_data(tmp_path: Path) -> None:
         demo.load_fashion_mnist("train", tmp_path)
 
 
-def _suite_result(metric: str, values: dict[str, float]) -> dict:
+def _suite_result(
+    metric: str, values: dict[str, float], workload: str = "toy", lr: float = 0.05
+) -> dict:
     runs = []
     for label, value in values.items():
         spec = None if label == "dense" else "topk:ratio=0.01"
@@ -111,10 +113,10 @@ def _suite_result(metric: str, values: dict[str, float]) -> dict:
             }
         )
     return {
-        "workload": "toy",
+        "workload": workload,
         "metric": metric,
         "world_size": 2,
-        "recipe": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64},
+        "recipe": {"optimizer": "sgd", "lr": lr, "batch_size": 64},
         "meta": {"torch": torch.__version__, "date": "2026-11-27T00:00:00+00:00"},
         "runs": runs,
     }
@@ -131,13 +133,27 @@ def test_convergence_report_writes_tables_and_curves(tmp_path: Path, monkeypatch
         )
     )
     loss = tmp_path / "loss.json"
-    loss.write_text(json.dumps(_suite_result("val_loss", {"dense": 2.0, "topk 1%": 2.03})))
+    loss.write_text(json.dumps(_suite_result("val_loss", {"dense": 2.0, "topk 1%": 2.03}, "lm")))
+    # A second run of the LM's recipe, by another command: merged into the LM's table.
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(_suite_result("val_loss", {"topk 1%": 9.0, "ef21": 2.01}, "lm")))
     out = tmp_path / "docs"
-    monkeypatch.setattr(sys, "argv", ["report", str(accuracy), str(loss), "--out", str(out)])
+    argv = ["report", str(accuracy), str(loss), str(more), "--out", str(out), "--merged-json"]
+    monkeypatch.setattr(sys, "argv", argv)
     assert report.main() == 0
-    table = (out / "convergence_toy.md").read_text()  # the second file overwrote the first
+    table = (out / "convergence_lm.md").read_text()
     assert "| topk 1% | `topk:ratio=0.01` | 2.0300 | +1.50% | 8 | 0.0200 (50x less) |" in table
-    assert (out / "convergence_toy.png").stat().st_size > 10_000
+    assert "| ef21 | `topk:ratio=0.01` | 2.0100 | +0.50% |" in table  # the first topk 1% kept
+    assert "9.0000" not in table
+    merged = json.loads((out / "convergence_lm.json").read_text())
+    assert [r["label"] for r in merged["runs"]] == ["dense", "topk 1%", "ef21"]
+    assert (out / "convergence_toy.md").is_file()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_suite_result("val_loss", {"dense": 2.0}, "lm", lr=0.1)))
+    monkeypatch.setattr(sys, "argv", ["report", str(loss), str(other), "--out", str(out)])
+    with pytest.raises(ValueError, match="cannot merge runs of different recipes"):
+        report.main()
+    assert (out / "convergence_lm.png").stat().st_size > 10_000
     accuracy_table = report.table(json.loads(accuracy.read_text()))
     assert "| topk 1% | `topk:ratio=0.01` | 90.50% | -0.50 pt |" in accuracy_table
     assert "`topk:ratio=0.01`, no EF | 85.00% | -6.00 pt |" in accuracy_table

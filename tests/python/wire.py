@@ -19,6 +19,8 @@ def payload_bytes(name: str, numel: int, **opt: float) -> int:
         return 8 * topk_k(ratio, numel)
     if name == "topk_int8":
         return 4 + 5 * topk_k(ratio, numel)
+    if name == "topk_bitmap":  # scale, one bit per element, k int8 codes; default ratio 0.1
+        return 4 + math.ceil(numel / 8) + topk_k(opt.get("ratio", 0.1), numel)
     if name == "randomk":
         return 4 * topk_k(ratio, numel)
     if name == "qsgd":
@@ -39,7 +41,9 @@ def payload_bytes(name: str, numel: int, **opt: float) -> int:
 
 def byte_channel(name: str) -> bool:
     """Methods whose payloads are bytes packed 8-byte aligned in a channel of their own."""
-    return name in ("topk", "topk_approx", "topk_int8", "qsgd", "sign", "int8", "threshold")
+    return name in (
+        "topk", "topk_approx", "topk_int8", "topk_bitmap", "qsgd", "sign", "int8", "threshold"
+    )  # fmt: skip
 
 
 def flag_bytes(name: str) -> int:

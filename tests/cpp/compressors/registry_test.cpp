@@ -1,5 +1,6 @@
 #include "compressors/registry.h"
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -66,6 +67,9 @@ TEST(Registry, RejectsMalformedSpecsAndBadOptionValues) {
       {"topk_approx", {{"sample_ratio", 0}}},
       {"fp16", {{"ratio", 0.1}}},
       {"topk_int8", {{"ratio", 2}}},
+      {"topk", {{"min_k", -1}}},
+      {"topk_int8", {{"min_k", 0.5}}},
+      {"topk_bitmap", {{"ratio", 0}}},
   };
   for (const auto& [name, options] : bad) {
     EXPECT_THROW(make_method(name, options), c10::ValueError) << name;
@@ -78,6 +82,40 @@ TEST(TopKCompressor, KIsCeilOfRatioTimesNumelClamped) {
   EXPECT_EQ(TopKCompressor::k_for(0.01, 101), 2);
   EXPECT_EQ(TopKCompressor::k_for(1.0, 77), 77);
   EXPECT_EQ(TopKCompressor(0.01).payload_bytes(1000000), 8 * 10000);
+}
+
+TEST(TopKCompressor, MinKIsAPerTensorFloor) {
+  EXPECT_EQ(TopKCompressor::k_for(0.01, 4096, 256), 256);
+  EXPECT_EQ(TopKCompressor::k_for(0.01, 100, 256), 100);  // never more than the tensor
+  EXPECT_EQ(TopKCompressor::k_for(0.5, 4096, 256), 2048);
+  EXPECT_EQ(make_compressor("topk", {{"min_k", 64}})->spec(), "topk:ratio=0.01,min_k=64");
+  EXPECT_EQ(make_compressor("topk", {{"min_k", 64}})->payload_bytes(4096), 8 * 64);
+}
+
+TEST(TopKBitmapCompressor, SendsWhatTopKInt8SendsInFewerBytes) {
+  const auto bitmap = make_compressor("topk_bitmap", {{"ratio", 0.1}});
+  const auto listed = make_compressor("topk_int8", {{"ratio", 0.1}});
+  const int64_t n = 1001;  // not a multiple of 8: the bitmap's last byte is partial
+  EXPECT_EQ(bitmap->payload_bytes(n), 4 + 126 + 101);
+  EXPECT_LT(bitmap->payload_bytes(n), listed->payload_bytes(n));
+  at::manual_seed(3);
+  const auto grad = at::randn({n});
+  auto residual_a = at::randn({n}), residual_b = residual_a.clone();
+  auto payload_a = at::empty({bitmap->payload_numel(n)}, at::kByte);
+  auto payload_b = at::empty({listed->payload_numel(n)}, at::kByte);
+  const CompressContext ctx;
+  bitmap->compress_with_feedback(grad, residual_a, payload_a, ctx);
+  listed->compress_with_feedback(grad, residual_b, payload_b, ctx);
+  EXPECT_TRUE(at::equal(residual_a, residual_b));
+  auto out_a = at::zeros({n}), out_b = at::zeros({n});
+  bitmap->decompress_add(payload_a, out_a, ctx);
+  listed->decompress_add(payload_b, out_b, ctx);
+  EXPECT_TRUE(at::equal(out_a, out_b));
+  EXPECT_EQ(out_a.ne(0).sum().item<int64_t>(), 101);
+  // A corrupt bitmap (one bit too many) is refused, naming the count.
+  payload_a[4] = static_cast<uint8_t>(0xff);
+  payload_a[5] = static_cast<uint8_t>(0xff);
+  EXPECT_THROW(bitmap->decompress_add(payload_a, out_a, ctx), c10::Error);
 }
 
 }  // namespace

@@ -38,6 +38,8 @@ std::vector<Method> methods() {
       {"topk", {{"ratio", 0.05}}},
       {"topk_approx", {{"ratio", 0.05}}},
       {"topk_int8", {{"ratio", 0.05}}},
+      {"topk_bitmap", {{"ratio", 0.05}}},
+      {"topk", {{"ratio", 0.01}, {"min_k", 40}}},
       {"randomk", {{"ratio", 0.05}}},
       {"threshold", {{"density", 0.05}}},
       {"threshold", {{"tau", 0.5}}},
