@@ -5,7 +5,7 @@ The pytest suites call `run`; it is also a command, for one workload and any met
     python tests/convergence/suite.py fashion_mnist --out results/convergence/fashion_mnist.json
     python tests/convergence/suite.py char_lm --methods dense "topk 1%"
     python tests/convergence/suite.py fashion_mnist --subset ci
-    python tests/convergence/suite.py char_lm_1m   # the 1.07M-parameter LM (about 75 minutes)
+    python tests/convergence/suite.py char_lm_1m   # the 1.07M-parameter LM (up to 30 min/method)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ WORLD_SIZE = 2
 # 1% with error feedback on both workloads (on the LM an expected miss), Top-K 1% without EF on
 # Fashion-MNIST, int8 on the LM (a method that meets the LM's bound), and one recipe of issue 16
 # per workload that meets its bound (sign with momentum correction; topk_bitmap at 12x fewer
-# bytes). The 1M-parameter LM (about 12 minutes per method) runs in the full suite only.
+# bytes). The 1M-parameter LM (up to 30 minutes per method) runs in the full suite only.
 CI_SUBSET = {
     "fashion_mnist": ["dense", "topk 1%", "topk 1% without EF", "sign momentum"],
     "char_lm": ["dense", "topk 1%", "int8", "topk_bitmap 15%"],
