@@ -22,6 +22,7 @@ __all__ = [
     "check_int",
     "check_local_update",
     "check_overrides",
+    "check_recipe",
     "check_reducer",
     "check_warmup",
 ]
@@ -190,3 +191,31 @@ def check_int(name: str, value: object, low: int, high: int) -> None:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if not low <= value <= high:
         raise ValueError(f"{name}={value} is out of range; valid: {low} <= {name} <= {high}")
+
+
+def check_recipe(
+    config: CompressorConfig,
+    overrides: dict[str, CompressorConfig],
+    *,
+    momentum: float,
+    mask_momentum: bool,
+    clip: float | None,
+    feedback: str,
+    warmup_steps: int,
+    warmup_density: float,
+    error_feedback: bool,
+    scaler: Any,
+) -> None:
+    """The convergence-recipe options together (the hook and the simulator take the same)."""
+    check_int("warmup_steps", warmup_steps, 0, 2**62)
+    check_local_update(
+        config,
+        overrides,
+        momentum,
+        clip,
+        error_feedback=error_feedback,
+        scaler=scaler,
+        masking=mask_momentum,
+    )
+    check_feedback(config, feedback, error_feedback=error_feedback, scaler=scaler)
+    check_warmup(config, warmup_steps, warmup_density)

@@ -22,12 +22,10 @@ from gradcomp import _C, checkpoint
 from gradcomp.checks import (
     check_device,
     check_dtype,
-    check_feedback,
     check_int,
-    check_local_update,
     check_overrides,
+    check_recipe,
     check_reducer,
-    check_warmup,
 )
 from gradcomp.config import CompressorConfig, RandomK, resolve_config
 from gradcomp.consistency import check_ranks_agree
@@ -81,7 +79,6 @@ class HookState:
         feedback: str = "residual",
     ) -> None:
         check_int("min_numel", min_numel, 0, 2**62)
-        check_int("warmup_steps", warmup_steps, 0, 2**62)
         check_int("start_iter", start_iter, 0, 2**62)
         check_int("seed", seed, 0, 2**64 - 1)
         check_int("log_every", log_every, 0, 2**62)
@@ -107,17 +104,18 @@ class HookState:
             )
         overrides = dict(overrides or {})
         check_overrides(config, overrides, param_numels)
-        check_local_update(
+        check_recipe(
             config,
             overrides,
-            momentum,
-            clip,
+            momentum=momentum,
+            mask_momentum=mask_momentum,
+            clip=clip,
+            feedback=feedback,
+            warmup_steps=warmup_steps,
+            warmup_density=warmup_density,
             error_feedback=error_feedback,
             scaler=grad_scaler,
-            masking=mask_momentum,
         )
-        check_feedback(config, feedback, error_feedback=error_feedback, scaler=grad_scaler)
-        check_warmup(config, warmup_steps, warmup_density)
         if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
             raise TypeError(
                 "process_group must be a torch.distributed.ProcessGroup (e.g. from "

@@ -134,23 +134,23 @@ class Simulator:
         checks.check_int("workers", workers, 1, 4096)
         checks.check_int("min_numel", min_numel, 0, 2**62)
         checks.check_int("start_iter", start_iter, 0, 2**62)
-        checks.check_int("warmup_steps", warmup_steps, 0, 2**62)
         self.config = resolve_config(compressor, options)
         self.overrides = {p: resolve_config(c, {}) for p, c in (overrides or {}).items()}
         named = [(canonical_name(n), p) for n, p in model.named_parameters()]
         numels = {n: p.numel() for n, p in named}
         checks.check_overrides(self.config, self.overrides, numels)
-        checks.check_local_update(
+        checks.check_recipe(
             self.config,
             self.overrides,
-            momentum,
-            clip,
+            momentum=momentum,
+            mask_momentum=mask_momentum,
+            clip=clip,
+            feedback=feedback,
+            warmup_steps=warmup_steps,
+            warmup_density=warmup_density,
             error_feedback=error_feedback,
             scaler=None,
-            masking=mask_momentum,
         )
-        checks.check_feedback(self.config, feedback, error_feedback=error_feedback, scaler=None)
-        checks.check_warmup(self.config, warmup_steps, warmup_density)
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb={bucket_cap_mb} is out of range; valid: > 0")
         params = [p for _n, p in named if p.requires_grad]
