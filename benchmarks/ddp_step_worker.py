@@ -9,11 +9,15 @@ per method to --out.
 Methods: "allreduce" (DDP's built-in, no hook), "torch_fp16" / "torch_bf16"
 (default_hooks.fp16/bf16_compress_hook), "torch_powersgd" / "torch_batched_powersgd"
 (powerSGD_hook / batched_powerSGD_hook at --powersgd-rank, error feedback and warm start on,
-min compression rate 2), and any gradcomp spec ("topk:ratio=0.01", "powersgd:rank=2", ...).
+min compression rate 2), and any gradcomp spec ("topk:ratio=0.01", "powersgd:rank=2", ...),
+optionally followed by hook options as "|name=value" ("sign|collective=two_phase",
+"topk:ratio=0.01|hierarchy=node"; an integer value is passed as an int).
 
 Bytes per step are what this rank hands to collectives: gradcomp's own counter, or, for
 PyTorch's hooks, a count of the tensors their collectives receive (DDP's built-in allreduce:
-4 bytes per gradient element).
+4 bytes per gradient element). Wire bytes per step are what this rank puts on the wire as the
+collectives' algorithms move it (gradcomp's stats; for the rest, a ring allreduce of the
+bytes handed over, which is what they all run).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 from torch.nn.parallel import DistributedDataParallel
 
 import gradcomp
+from gradcomp.cost_model import allreduce_wire
 
 from models import MODELS, loss_of, parameter_count
 
@@ -99,7 +104,12 @@ def register(ddp: DistributedDataParallel, method: str, powersgd_rank: int) -> o
         )
         ddp.register_comm_hook(state, hook)
         return None
-    return gradcomp.register(ddp, method)
+    spec, *options = method.split("|")
+    kwargs: dict[str, object] = {}
+    for option in options:
+        name, _, value = option.partition("=")
+        kwargs[name] = int(value) if value.isdigit() else value
+    return gradcomp.register(ddp, spec, **kwargs)
 
 
 def timed_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
@@ -189,12 +199,24 @@ def main() -> int:
             del ddp, model, optimizer, state
             dist.barrier()
             continue
+        extra: dict[str, object] = {}
         if state is not None:
-            bytes_per_step = state.stats()["bytes_sent_last_step"]  # type: ignore[attr-defined]
-        elif hook == "allreduce":
-            bytes_per_step = 4 * numel
+            stats = state.stats()  # type: ignore[attr-defined]
+            bytes_per_step = stats["bytes_sent_last_step"]
+            last = stats["last_step"]
+            wire = last["wire_bytes"]
+            extra = {
+                "wire_bytes_between_nodes": last["wire_bytes_between_nodes"],
+                "collectives": sorted(set(stats["collectives"].values())),
+                "buckets": len(stats["collectives"]),
+                # The hook's own times in the last step, summed over buckets.
+                "compress_ms": 1e3 * last["compress_seconds"],
+                "decompress_ms": 1e3 * last["decompress_seconds"],
+            }
         else:
-            bytes_per_step = counted
+            bytes_per_step = 4 * numel if hook == "allreduce" else counted
+            wire = allreduce_wire(bytes_per_step, world)
+            extra = {"wire_bytes_between_nodes": wire}
         step_ms = statistics.median(times)
         records.append(
             {
@@ -208,6 +230,10 @@ def main() -> int:
                 "exposed_comm_ms": step_ms - compute_ms,
                 "bytes_per_step": bytes_per_step,
                 "dense_bytes": 4 * numel,
+                "wire_bytes_per_step": wire,
+                "wire_ratio": wire / allreduce_wire(4 * numel, world),
+                "ranks_per_node": int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                **extra,
                 "batch": int(batch[0].shape[0]),
                 "ddp_buckets": "one" if layout else "default",
                 "threads": torch.get_num_threads(),

@@ -183,6 +183,21 @@ def _token_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, 
     return tokens[:, :-1], tokens[:, 1:]
 
 
+def _vector_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, 1024, generator=generator), torch.randint(
+        0, 1000, (batch,), generator=generator
+    )
+
+
+def _mlp() -> nn.Module:
+    """4.2M parameters in four large matrices and cheap compute: many ranks fit on 2 cores,
+    so the benchmark of collectives measures the network rather than the contention."""
+    return nn.Sequential(
+        nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+        nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1000),
+    )  # fmt: skip
+
+
 def _tiny_cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 1000)
@@ -194,6 +209,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable, int]] = {
     "resnet50": (lambda: ResNet(Bottleneck, [3, 4, 6, 3]), _image_batch, 4),
     "resnet18": (lambda: ResNet(BasicBlock, [2, 2, 2, 2]), _image_batch, 8),
     "transformer": (TinyTransformer, _token_batch, 8),
+    "mlp": (_mlp, _vector_batch, 16),
     "tiny": (_tiny_cnn, _image_batch, 4),
 }
 

@@ -23,6 +23,7 @@ from gradcomp.config import (
     TopKInt8,
     parse_spec,
 )
+from gradcomp.cost_model import Link
 from gradcomp.hook import HookState, comm_hook, register
 from gradcomp.local_update import check_optimizer
 from gradcomp.simulate import Simulator
@@ -36,6 +37,7 @@ __all__ = [
     "CompressorConfig",
     "HookState",
     "Int8",
+    "Link",
     "NoCompression",
     "PowerSGD",
     "RandomK",

@@ -141,15 +141,17 @@ def _known(
 ) -> dict[str, torch.Tensor]:
     """The entries whose names are parameters of this model (names saved before gradcomp
     stripped torch.compile's prefix are mapped); warns about the rest, which are dropped."""
+    from gradcomp.bucket_split import base_name
     from gradcomp.hook import canonical_name
 
     known = set(state.parameter_names)
     kept = {canonical_name(name): t for name, t in tensors.items()}
-    unknown = sorted(name for name in kept if name not in known)
+    # Parts of parameters (two_phase, hierarchy) are named "<parameter>[start:stop]...".
+    unknown = sorted(name for name in kept if base_name(name) not in known)
     if unknown:
         warnings.warn(
             f"gradcomp: checkpoint has {what}s for {len(unknown)} name(s) that are not "
             f"parameters of this model, dropped: {', '.join(unknown[:8])}",
             stacklevel=4,
         )
-    return {name: t for name, t in kept.items() if name in known}
+    return {name: t for name, t in kept.items() if base_name(name) in known}

@@ -16,6 +16,7 @@ from gradcomp.local_update import is_sparsifier
 from gradcomp.schedule import density_of
 
 __all__ = [
+    "check_collective",
     "check_device",
     "check_dtype",
     "check_feedback",
@@ -219,3 +220,66 @@ def check_recipe(
     )
     check_feedback(config, feedback, error_feedback=error_feedback, scaler=scaler)
     check_warmup(config, warmup_steps, warmup_density)
+
+
+_COLLECTIVES = ("allgather", "two_phase", "auto")
+
+
+def check_collective(
+    collective: str,
+    hierarchy: str | int | None,
+    link: Any,
+    config: CompressorConfig,
+    *,
+    momentum: float,
+    mask_momentum: bool,
+    feedback: str,
+    world_group: bool,
+    reduced_density_factor: float = 1.0,
+) -> None:
+    """collective=, hierarchy= and link=. Both cut parameters into parts with residuals of
+    their own, which momentum masking and EF21 (they look residuals up by parameter) cannot
+    read."""
+    from gradcomp.cost_model import Link
+
+    if collective not in _COLLECTIVES:
+        raise ValueError(f"collective={collective!r}; valid: {', '.join(map(repr, _COLLECTIVES))}")
+    factor = reduced_density_factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise TypeError(f"reduced_density_factor must be a number, got {type(factor).__name__}")
+    if not 1.0 <= factor <= 1024.0:
+        raise ValueError(
+            f"reduced_density_factor={factor} is out of range; valid: 1 <= factor <= 1024"
+        )
+    if link is not None and not isinstance(link, Link):
+        raise TypeError(f"link must be a gradcomp.Link or None, got {type(link).__name__}")
+    if collective == "allgather" and hierarchy is None:
+        return
+    what = f"collective={collective!r}" if hierarchy is None else f"hierarchy={hierarchy!r}"
+    if collective == "two_phase" and isinstance(config, PowerSGD):
+        raise ValueError(
+            "collective='two_phase' applies to gathered payloads; powersgd allreduces its "
+            "factors: use collective='allgather' (the default) with powersgd"
+        )
+    if hierarchy is not None and isinstance(config, PowerSGD):
+        raise ValueError(
+            f"{what} does not support powersgd (its factors span the whole bucket); use a "
+            "per-tensor method or hierarchy=None"
+        )
+    if hierarchy is not None and not world_group:
+        raise ValueError(
+            f"{what} builds its node groups from the world; it cannot run inside "
+            "process_group=: leave process_group=None"
+        )
+    if momentum > 0 and mask_momentum:
+        raise ValueError(
+            f"{what} cuts parameters into parts with residuals of their own, which momentum "
+            "factor masking cannot read: use mask_momentum=False, or collective='allgather' "
+            "without hierarchy"
+        )
+    if feedback == "ef21":
+        raise ValueError(
+            f"{what} cuts parameters into parts with residuals of their own, which "
+            "feedback='ef21' cannot read: use feedback='residual', or collective='allgather' "
+            "without hierarchy"
+        )

@@ -14,9 +14,22 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._C._distributed_c10d import AllgatherOptions, AllreduceOptions, ReduceOp
+from torch._C._distributed_c10d import (
+    AllgatherOptions,
+    AllreduceOptions,
+    AllToAllOptions,
+    ReduceOp,
+)
 
-__all__ = ["allgather_async", "allreduce_async", "exchange_lengths"]
+from gradcomp.cost_model import allgather_wire, allreduce_wire
+
+__all__ = [
+    "allgather_async",
+    "allreduce_async",
+    "alltoall_async",
+    "exchange_lengths",
+    "issue_channels",
+]
 
 # torch 2.13 renamed all_gather_into_tensor to all_gather_single (same arguments).
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -31,6 +44,7 @@ def _asynchronous(options: Any) -> Any:
 _ALLREDUCE = _asynchronous(AllreduceOptions())
 _ALLREDUCE.reduceOp = ReduceOp(ReduceOp.SUM)
 _ALLGATHER = _asynchronous(AllgatherOptions())
+_ALLTOALL = _asynchronous(AllToAllOptions())
 
 
 # Both return the collective's Work handle too: the caller must keep it until the future has
@@ -63,6 +77,19 @@ def allgather_async(
     return out, work, work.get_future()
 
 
+def alltoall_async(
+    out: torch.Tensor,
+    tensor: torch.Tensor,
+    out_splits: list[int],
+    in_splits: list[int],
+    group: dist.ProcessGroup,
+) -> tuple[dist.Work, torch.futures.Future]:
+    """Part j of ``tensor`` (``in_splits[j]`` elements) to rank j; ``out`` receives every
+    rank's part for this rank in rank order (``out_splits[r]`` elements from rank r)."""
+    work = group.alltoall_base(out, tensor, out_splits, in_splits, _ALLTOALL)
+    return work, work.get_future()
+
+
 def exchange_lengths(
     length: int, group: dist.ProcessGroup, world_size: int, device: torch.device
 ) -> list[int]:
@@ -72,3 +99,45 @@ def exchange_lengths(
     out = mine.new_empty(world_size)
     _all_gather_single(out, mine, group=group)
     return [int(n) for n in out.tolist()]
+
+
+def issue_channels(
+    codec: Any, messages: list[torch.Tensor], group: dist.ProcessGroup, world: int
+) -> tuple[list[torch.Tensor], list[torch.futures.Future], list[dist.Work], list[int], int, int]:
+    """Issues one collective per channel of a BucketCodec: what each returns into, the futures
+    and Works, every rank's length of a variable channel, the bytes handed to the collectives
+    and the bytes put on the wire."""
+    sent = wire = 0
+    received: list[torch.Tensor] = []
+    futures: list[torch.futures.Future] = []
+    works: list[dist.Work] = []
+    used: list[int] = []
+    for index, ((collective, _dtype, _numel, variable), message) in enumerate(
+        zip(codec.channels, messages, strict=True)
+    ):
+        if collective == "allreduce":
+            work, fut = allreduce_async(message, group)
+            received.append(message)
+            nbytes = message.numel() * message.element_size()
+            wire += allreduce_wire(nbytes, world)
+        elif variable:
+            # The one blocking exchange: every rank's payload length, so all can gather
+            # at the longest (a rank with nothing to send still sends its headers).
+            used = exchange_lengths(message.numel(), group, world, message.device)
+            sent += 8
+            wire += allgather_wire(8, world)
+            padded = message.new_zeros(max(used))
+            padded[: message.numel()] = message
+            message = padded  # what crosses the wire, and what stats() counts
+            gathered, work, fut = allgather_async(message, group, world)
+            received.append(gathered)
+            wire += allgather_wire(message.numel() * message.element_size(), world)
+        else:
+            out = codec.gather_buffer(index)
+            gathered, work, fut = allgather_async(message, group, world, out=out)
+            received.append(gathered)
+            wire += allgather_wire(message.numel() * message.element_size(), world)
+        sent += message.numel() * message.element_size()
+        works.append(work)
+        futures.append(fut)
+    return received, futures, works, used, sent, wire

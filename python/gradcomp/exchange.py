@@ -1,51 +1,44 @@
 """One bucket's way through the network: encode, collectives, decode, as futures.
 
-Three shapes:
+Five shapes:
 
 - dense: the bucket itself, pre-divided by the world size and allreduced in place, exactly as
   DDP does (the warm-up steps of ``start_iter``, and buckets whose every entry travels
   uncompressed, such as the ``none`` compressor's: no copy, no flag, one collective);
 - codec: the bucket codec's messages, one collective per channel, decoded in the callback;
+- two_phase and hierarchy (staged_exchange.py): collectives that depend on earlier ones,
+  issued in stages from later hook calls (staging.py);
 - PowerSGD: two allreduce rounds.
+
+Every shape counts what this rank puts on the wire (cost_model.py) beside what it hands to
+the collectives.
 
 Python only orchestrates; the per-bucket work is one C++ call per phase.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-from torch.profiler import record_function
 
-from gradcomp.comm import allgather_async, allreduce_async, exchange_lengths
+from gradcomp.comm import allreduce_async, issue_channels
+from gradcomp.cost_model import allreduce_wire
 from gradcomp.estimate_feedback import EstimateFeedback
+from gradcomp.hierarchy import HierarchicalCodec
 from gradcomp.local_update import Entry, LocalUpdate
+from gradcomp.profiling import profiled
+from gradcomp.staged_exchange import hierarchy_exchange, two_phase_exchange
 from gradcomp.telemetry import StepRecord
+from gradcomp.two_phase import TwoPhaseCodec
 
 if TYPE_CHECKING:
     from gradcomp.hook import HookState
 
 __all__ = ["exchange_bucket", "prepare_encode"]
-
-_NOTHING = contextlib.nullcontext()
-
-
-def _profiling() -> bool:
-    # torch.profiler sets the module flag for every thread (the hook runs on autograd's and
-    # decodes on torch.distributed's); _profiler_enabled() sees this thread's other profilers.
-    flag = getattr(torch.autograd.profiler, "_is_profiler_enabled", True)
-    return bool(flag) or torch.autograd._profiler_enabled()
-
-
-def profiled(name: str) -> contextlib.AbstractContextManager:
-    """A torch.profiler range while a profiler runs, nothing otherwise: entering a
-    record_function costs about 10 us, and a bucket enters two or three per step."""
-    return record_function(name) if _profiling() else _NOTHING
 
 
 def _nothing() -> None:
@@ -76,6 +69,16 @@ def prepare_encode(
 def exchange_bucket(
     state: HookState, bucket: dist.GradBucket
 ) -> torch.futures.Future[torch.Tensor]:
+    # Later stages of earlier buckets' staged exchanges first, then this bucket's; the step's
+    # last bucket finishes them all (staging.py).
+    state.staged.run_ready()
+    future = _exchange(state, bucket)
+    if bucket.is_last():
+        state.staged.drain()
+    return future
+
+
+def _exchange(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     buffer = bucket.buffer()
     record, ratio = state._begin_bucket(buffer.device)
     plans = state.plans_at(state.step)
@@ -94,6 +97,10 @@ def exchange_bucket(
         return done
     if plans.low_rank:
         return _powersgd_exchange(state, bucket, codec, record)
+    if isinstance(codec, TwoPhaseCodec):
+        return two_phase_exchange(state, bucket, codec, record, ratio)
+    if isinstance(codec, HierarchicalCodec):
+        return hierarchy_exchange(state, bucket, codec, record, ratio)
     if codec.all_dense:
         # Nothing compressed: allreduce the bucket as DDP does. An inf on one rank spreads to
         # every rank through the sum, so every GradScaler skips the step without a flag.
@@ -112,7 +119,8 @@ def _allreduce_bucket(
     with profiled("gradcomp::communicate"):
         buffer.div_(state.world_size)
         work, fut = allreduce_async(buffer, state.process_group)
-    state.steps.end_issue(record, dense, dense, bucket.is_last())
+    wire = allreduce_wire(dense, state.world_size)
+    state.steps.end_issue(record, dense, dense, bucket.is_last(), (wire, wire, wire))
 
     def finish(done: torch.futures.Future) -> torch.Tensor:
         value = done.value()[0]
@@ -154,37 +162,12 @@ def _codec_exchange(
         record.input_sq += input_sq
         record.error_sq += error_sq
 
-    sent = 0
-    received: list[torch.Tensor] = []
-    futures: list[torch.futures.Future] = []
-    works: list[dist.Work] = []
-    used: list[int] = []
     issued = time.perf_counter()
     with profiled("gradcomp::communicate"):
-        for index, ((collective, _dtype, _numel, variable), message) in enumerate(
-            zip(codec.channels, messages, strict=True)
-        ):
-            if collective == "allreduce":
-                work, fut = allreduce_async(message, group)
-                received.append(message)
-            elif variable:
-                # The one blocking exchange: every rank's payload length, so all can gather
-                # at the longest (a rank with nothing to send still sends its headers).
-                used = exchange_lengths(message.numel(), group, world, message.device)
-                sent += 8
-                padded = message.new_zeros(max(used))
-                padded[: message.numel()] = message
-                message = padded  # what crosses the wire, and what stats() counts
-                gathered, work, fut = allgather_async(message, group, world)
-                received.append(gathered)
-            else:
-                out = codec.gather_buffer(index)
-                gathered, work, fut = allgather_async(message, group, world, out=out)
-                received.append(gathered)
-            sent += message.numel() * message.element_size()
-            works.append(work)
-            futures.append(fut)
-    state.steps.end_issue(record, sent, codec.numel * buffer.element_size(), bucket.is_last())
+        received, futures, works, used, sent, wire = issue_channels(codec, messages, group, world)
+    dense = codec.numel * buffer.element_size()
+    dense_wire = allreduce_wire(dense, world)
+    state.steps.end_issue(record, sent, dense, bucket.is_last(), (wire, dense_wire, wire))
 
     def finish(done: torch.futures.Future) -> torch.Tensor:
         for fut in done.value() if len(futures) > 1 else [done]:
@@ -233,9 +216,12 @@ def _powersgd_exchange(
     issued = time.perf_counter()
     with profiled("gradcomp::communicate"):
         work, fut = allreduce_async(second, group)
-    state.steps.end_issue(
-        record, codec.bytes_sent, codec.numel * buffer.element_size(), bucket.is_last()
-    )
+    dense = codec.numel * buffer.element_size()
+    # Both rounds are allreduces (bytes_sent counts both).
+    wire = allreduce_wire(codec.bytes_sent, state.world_size)
+    dense_wire = allreduce_wire(dense, state.world_size)
+    wires = (wire, dense_wire, wire)
+    state.steps.end_issue(record, codec.bytes_sent, dense, bucket.is_last(), wires)
 
     def finish(done: torch.futures.Future) -> torch.Tensor:
         done.wait()  # re-raises a failed collective

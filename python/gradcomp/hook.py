@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gradcomp import _C, checkpoint
 from gradcomp.checks import (
+    check_collective,
     check_device,
     check_dtype,
     check_int,
@@ -29,13 +30,16 @@ from gradcomp.checks import (
 )
 from gradcomp.config import CompressorConfig, RandomK, resolve_config
 from gradcomp.consistency import check_ranks_agree
+from gradcomp.cost_model import Link
 from gradcomp.estimate_feedback import EstimateFeedback
 from gradcomp.exchange import exchange_bucket
+from gradcomp.hierarchy import NodeGroups, ranks_per_node
 from gradcomp.lifetime import InFlight
 from gradcomp.local_update import LocalUpdate, check_optimizer
 from gradcomp.loss_scale import ResidualScale
 from gradcomp.plans import BucketPlans, StagedPlans
 from gradcomp.schedule import DensityWarmup, density_of
+from gradcomp.staging import StagedIssue
 from gradcomp.telemetry import ScalarWriter, StepRecord, StepTracker, Telemetry, open_writer, scalar
 
 __all__ = ["HookState", "comm_hook", "register"]
@@ -77,6 +81,10 @@ class HookState:
         warmup_steps: int = 0,
         warmup_density: float = 0.25,
         feedback: str = "residual",
+        collective: str = "allgather",
+        hierarchy: str | int | None = None,
+        link: Link | None = None,
+        reduced_density_factor: float = 1.0,
     ) -> None:
         check_int("min_numel", min_numel, 0, 2**62)
         check_int("start_iter", start_iter, 0, 2**62)
@@ -127,6 +135,23 @@ class HookState:
         self.process_group: dist.ProcessGroup = group
         self.world_size = dist.get_world_size(self.process_group)
         self.rank = dist.get_rank(self.process_group)
+        check_collective(
+            collective,
+            hierarchy,
+            link,
+            config,
+            momentum=momentum,
+            mask_momentum=mask_momentum,
+            feedback=feedback,
+            world_group=process_group is None or process_group == dist.group.WORLD,
+            reduced_density_factor=reduced_density_factor,
+        )
+        node_size = ranks_per_node(hierarchy, self.world_size)
+        self.collective = collective
+        self.link = link or Link()
+        self.node_groups = (
+            NodeGroups(node_size, self.rank, self.world_size) if node_size is not None else None
+        )
         self.error_feedback = error_feedback
         self.min_numel = min_numel
         self.start_iter = start_iter
@@ -147,6 +172,10 @@ class HookState:
             world_size=self.world_size,
             residuals=self._residuals if error_feedback else None,
             warm_start=self._warm_start,
+            collective=collective,
+            groups=self.node_groups,
+            link=self.link,
+            reduced_density_factor=reduced_density_factor,
         )
         self.plans = self.staged_plans.target
         total = sum(param_numels.values()) if param_numels else 0
@@ -163,6 +192,7 @@ class HookState:
         self.telemetry = Telemetry(log_every, writer, log_rank=self.rank == 0)
         self.steps = StepTracker(self.telemetry, self._complete)
         self.in_flight = InFlight()
+        self.staged = StagedIssue()  # later stages of two_phase and hierarchy exchanges
         self._ratio: torch.Tensor | None = None  # this step's loss-scale ratio for the codecs
         # What every rank must agree on, checked once at the first hook call.
         numels = param_numels or {name: -1 for name in param_names.values()}
@@ -179,6 +209,10 @@ class HookState:
             "clip": clip,
             "warmup": [warmup_steps, warmup_density],
             "feedback": feedback,
+            "collective": collective,
+            "ranks_per_node": node_size,
+            "link": [self.link.latency, self.link.bandwidth],
+            "reduced_density_factor": reduced_density_factor,
             "parameters": [[name, numel] for name, numel in numels.items()],
         }
         self._ranks_agree = False
@@ -204,6 +238,10 @@ class HookState:
         warmup_steps: int = 0,
         warmup_density: float = 0.25,
         feedback: str = "residual",
+        collective: str = "allgather",
+        hierarchy: str | int | None = None,
+        link: Link | None = None,
+        reduced_density_factor: float = 1.0,
         **options: Any,
     ) -> "HookState":
         """A state for ``model`` without registering it: for
@@ -263,6 +301,10 @@ class HookState:
             warmup_steps=warmup_steps,
             warmup_density=warmup_density,
             feedback=feedback,
+            collective=collective,
+            hierarchy=hierarchy,
+            link=link,
+            reduced_density_factor=reduced_density_factor,
         )
 
     # -- what it is configured with --------------------------------------------------------
@@ -339,6 +381,13 @@ class HookState:
 
         bytes_sent: bytes this rank handed to collectives; bytes_dense: what DDP's dense
         allreduce of the same gradients would hand over; ratio = bytes_sent / bytes_dense.
+        wire_bytes: what this rank put on the wire as the collectives' algorithms move it (ring
+        allreduce 2(P-1)/P of its input, allgather P-1 times its payload, all_to_all (P-1)/P
+        of its input); wire_bytes_dense: what a dense ring allreduce of the same gradients
+        would; wire_ratio = wire_bytes / wire_bytes_dense: the figure to compare across world
+        sizes. wire_bytes_between_nodes: the part of wire_bytes that crosses between nodes
+        with a hierarchy (all of it without). collectives: how each bucket's payloads travel,
+        by bucket index (BucketPlans.collectives).
         Times are summed over buckets, which overlap each other and the backward pass.
         relative_error = ||g - C(g)|| / ||g|| over the whole gradient (g compensated by error
         feedback), and residual_norm (in unscaled gradient units), are measured on every
@@ -361,6 +410,13 @@ class HookState:
             "bytes_dense": dense,
             "ratio": totals["bytes_sent"] / dense if dense else float("nan"),
             "bytes_sent_last_step": self.steps.last_bytes_sent,
+            "wire_bytes": totals["wire_bytes"],
+            "wire_bytes_dense": totals["wire_bytes_dense"],
+            "wire_ratio": totals["wire_bytes"] / totals["wire_bytes_dense"]
+            if totals["wire_bytes_dense"]
+            else float("nan"),
+            "wire_bytes_between_nodes": totals["wire_bytes_between_nodes"],
+            "collectives": self.plans_at(self.step).collectives(),
             "compress_seconds": totals["compress_seconds"],
             "communicate_seconds": totals["communicate_seconds"],
             "decompress_seconds": totals["decompress_seconds"],
@@ -452,6 +508,10 @@ def register(
     warmup_density: float = 0.25,
     feedback: str = "residual",
     optimizer: torch.optim.Optimizer | None = None,
+    collective: str = "allgather",
+    hierarchy: str | int | None = None,
+    link: Link | None = None,
+    reduced_density_factor: float = 1.0,
     **options: Any,
 ) -> HookState:
     """Registers gradcomp's communication hook on a DDP model and returns its HookState.
@@ -491,6 +551,20 @@ def register(
             gradient estimate, and the optimizer receives the dense estimate of the average;
             see docs/convergence.md for when it pays).
         optimizer: the training loop's optimizer, checked against ``momentum``.
+        collective: how payloads that are gathered rather than summed (the Top-K family,
+            sign, QSGD, int8) travel: "allgather" (each rank sends its payload P-1 times),
+            "two_phase" (all_to_all of per-chunk payloads, reduce at the chunk's owner,
+            re-compress, allgather: about two payloads per rank whatever P) or "auto" (per
+            bucket, whichever ``link``'s cost model predicts faster; see docs/design.md).
+        hierarchy: "node" (ranks per node from torchrun's LOCAL_WORLD_SIZE) or the number of
+            ranks per node: a dense allreduce inside each node, compression only between
+            nodes, then an allgather inside the node. None: one flat group.
+        link: the network "auto" plans for (gradcomp.Link(latency, bandwidth)); default a
+            10 Gbit/s link with 50 us per message step.
+        reduced_density_factor: with two_phase, the owners re-compress a reduced chunk with
+            the sparsifiers this many times denser (1: the same density; at most the world
+            size, where they keep as many values as the allgather's union can hold). More
+            values applied per step, at (factor - 1) payloads more per rank.
         **options: compressor options, e.g. ``ratio=0.01``.
     """
     if not isinstance(model, DistributedDataParallel):
@@ -516,6 +590,10 @@ def register(
         warmup_steps=warmup_steps,
         warmup_density=warmup_density,
         feedback=feedback,
+        collective=collective,
+        hierarchy=hierarchy,
+        link=link,
+        reduced_density_factor=reduced_density_factor,
         **options,
     )
     if optimizer is not None:

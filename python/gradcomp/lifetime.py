@@ -77,12 +77,19 @@ class InFlight:
         callback: Callback,
         device: torch.device,
         *keep: torch.futures.Future | dist.Work,
+        into: torch.futures.Future | None = None,
     ) -> torch.futures.Future[torch.Tensor]:
         """The future DDP gets for a bucket: ``callback`` (which decodes into the bucket and
         returns it) runs once every parent has completed, and the future completes with its
-        result, carrying the callback's CUDA stream when the bucket is on a GPU."""
+        result, carrying the callback's CUDA stream when the bucket is on a GPU. ``into``: a
+        future handed to DDP earlier (see result_future), completed instead of a new one."""
         # The partial owns the tail, so the tail dies exactly when torch frees the callback.
         tail = _CallbackTail(self)
+        if into is not None:
+            parent = parents[0] if len(parents) == 1 else torch.futures.collect_all(parents)
+            chained = parent.then(functools.partial(_complete, into, callback, tail))
+            self._held[bucket_index] = (parent, chained, into, *parents, *keep)
+            return into
         if len(parents) == 1:
             result = parents[0].then(functools.partial(_call, callback, tail))
             self._held[bucket_index] = (parents[0], result, *keep)
@@ -96,6 +103,16 @@ class InFlight:
         chained = combined.then(functools.partial(_complete, result, callback, tail))
         self._held[bucket_index] = (combined, chained, result, *parents, *keep)
         return result
+
+    @staticmethod
+    def result_future(device: torch.device) -> torch.futures.Future[torch.Tensor]:
+        """A future for DDP to wait on before the collectives that complete it are issued
+        (staged exchanges; see staging.py), carrying the CUDA stream it is completed on."""
+        return (
+            torch.futures.Future(devices=[device])
+            if device.type == "cuda"
+            else torch.futures.Future()
+        )
 
     def wait_for_callbacks(self, timeout: float = 10.0) -> bool:
         """Waits until torch has freed every callback of earlier steps; False if some were still

@@ -15,8 +15,11 @@ import torch
 
 from gradcomp import _C
 from gradcomp.config import CompressorConfig, NoCompression
+from gradcomp.cost_model import Link
+from gradcomp.hierarchy import HierarchicalCodec, NodeGroups
 from gradcomp.local_update import Entry, is_sparsifier
-from gradcomp.schedule import STAGES, DensityWarmup
+from gradcomp.schedule import STAGES, DensityWarmup, density_of, with_density
+from gradcomp.two_phase import TwoPhaseCodec, resolve_collective
 
 __all__ = ["BucketLike", "BucketPlans", "StagedPlans"]
 
@@ -43,6 +46,10 @@ class BucketPlans:
         world_size: int,
         residuals: _C.ErrorFeedback | None,
         warm_start: _C.ErrorFeedback,
+        collective: str = "allgather",
+        groups: NodeGroups | None = None,
+        link: Link | None = None,
+        reduced_density_factor: float = 1.0,
     ) -> None:
         self.config = config
         self.compressor = config.build()
@@ -53,6 +60,14 @@ class BucketPlans:
             if not isinstance(override, NoCompression) and override not in self.methods:
                 self.methods.append(override)
         self._method_objects = [m.build() for m in self.methods]
+        # What two_phase's owners re-compress with: the sparsifiers reduced_density_factor
+        # times denser (the others as they are).
+        self._reduced_objects = [
+            with_density(m, d * reduced_density_factor).build()
+            if (d := density_of(m)) is not None and reduced_density_factor != 1.0
+            else built
+            for m, built in zip(self.methods, self._method_objects, strict=True)
+        ]
         self._param_names = param_names
         self._min_numel = min_numel
         self._seed = seed
@@ -60,12 +75,35 @@ class BucketPlans:
         self._world_size = world_size
         self._residuals = residuals
         self._warm_start = warm_start
+        self._collective = collective
+        self._groups = groups
+        self._link = link or Link()
         # bucket index -> (parameter ids, codec, entries, which entries a sparsifier sends)
         self._codecs: dict[int, tuple[tuple[int, ...], Any, list[Entry], list[bool]]] = {}
 
     def __len__(self) -> int:
         """How many bucket layouts have a codec."""
         return len(self._codecs)
+
+    def collectives(self) -> dict[int, str]:
+        """How each bucket's compressed payloads travel, by bucket index: "allgather",
+        "two_phase", "hierarchy/<inner>", "lowrank", "allreduce" (nothing gathered) or "none"
+        (empty parameters)."""
+        out = {}
+        for index, (_key, codec, _entries, _masked) in self._codecs.items():
+            if codec is None:
+                out[index] = "none"
+            elif isinstance(codec, HierarchicalCodec):
+                out[index] = f"hierarchy/{codec.inner_kind}"
+            elif isinstance(codec, TwoPhaseCodec):
+                out[index] = "two_phase"
+            elif self.low_rank:
+                out[index] = "lowrank"
+            elif any(ch[0] == "allgather" for ch in codec.channels):
+                out[index] = "allgather"
+            else:
+                out[index] = "allreduce"
+        return out
 
     def codecs(self) -> list[Any]:
         """The codecs of the current bucket layouts (None for a bucket of empty parameters)."""
@@ -112,15 +150,33 @@ class BucketPlans:
                 self._seed,
                 self._world_size,
             )
-        elif entries:
-            codec = _C.BucketCodec(
+        elif entries and self._groups is not None:
+            codec = HierarchicalCodec(
                 self._method_objects,
                 entries,
                 self._residuals,
                 self._seed,
+                self._groups,
+                self._collective,
+                self._link,
+                self._reduced_objects,
+            )
+        elif entries:
+            chosen = resolve_collective(
+                self._collective,
+                self._method_objects,
+                entries,
                 self._rank,
                 self._world_size,
+                self._link,
+                self._reduced_objects,
             )
+            common = (self._method_objects, entries, self._residuals, self._seed)
+            where = (self._rank, self._world_size)
+            if chosen == "two_phase":
+                codec = TwoPhaseCodec(*common, *where, self._reduced_objects)
+            else:
+                codec = _C.BucketCodec(*common, *where)
         masked = [e[3] and is_sparsifier(self.methods[e[5]]) for e in entries]
         cached = (key, codec, entries, masked)
         self._codecs[bucket.index()] = cached

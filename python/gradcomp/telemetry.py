@@ -62,6 +62,9 @@ class StepRecord:
     measure: bool
     bytes_sent: int = 0
     bytes_dense: int = 0
+    wire_bytes: int = 0
+    wire_dense: int = 0
+    wire_between_nodes: int = 0
     compress_seconds: float = 0.0
     communicate_seconds: float = 0.0
     decompress_seconds: float = 0.0
@@ -80,6 +83,10 @@ class StepRecord:
             "bytes_sent": self.bytes_sent,
             "bytes_dense": self.bytes_dense,
             "ratio": self.bytes_sent / self.bytes_dense if self.bytes_dense else math.nan,
+            "wire_bytes": self.wire_bytes,
+            "wire_bytes_dense": self.wire_dense,
+            "wire_ratio": self.wire_bytes / self.wire_dense if self.wire_dense else math.nan,
+            "wire_bytes_between_nodes": self.wire_between_nodes,
             "compress_seconds": self.compress_seconds,
             "communicate_seconds": self.communicate_seconds,
             "decompress_seconds": self.decompress_seconds,
@@ -101,6 +108,9 @@ class Telemetry:
         self.totals = {
             "bytes_sent": 0,
             "bytes_dense": 0,
+            "wire_bytes": 0,
+            "wire_bytes_dense": 0,
+            "wire_bytes_between_nodes": 0,
             "compress_seconds": 0.0,
             "communicate_seconds": 0.0,
             "decompress_seconds": 0.0,
@@ -124,7 +134,13 @@ class Telemetry:
         """Adds a finished step; called once per step, on whichever thread finished it."""
         summary = record.summary()
         with self.lock:
-            for key in ("bytes_sent", "bytes_dense"):
+            for key in (
+                "bytes_sent",
+                "bytes_dense",
+                "wire_bytes",
+                "wire_bytes_dense",
+                "wire_bytes_between_nodes",
+            ):
                 self.totals[key] += summary[key]
             for key in ("compress_seconds", "communicate_seconds", "decompress_seconds"):
                 self.totals[key] += summary[key]
@@ -141,12 +157,14 @@ class Telemetry:
             totals = dict(self.totals)
         cumulative = totals["bytes_sent"] / totals["bytes_dense"] if totals["bytes_dense"] else 1.0
         logger.info(
-            "step %d: sent %.3f MB (%.4f of dense, %.4f overall), compress %.1f ms, "
-            "communicate %.1f ms, decompress %.1f ms, relative error %.4f, residual norm %.4g%s",
+            "step %d: sent %.3f MB (%.4f of dense, %.4f overall), on the wire %.4f of dense, "
+            "compress %.1f ms, communicate %.1f ms, decompress %.1f ms, relative error %.4f, "
+            "residual norm %.4g%s",
             s["step"] + 1,
             s["bytes_sent"] / 1e6,
             s["ratio"],
             cumulative,
+            s["wire_ratio"],
             1e3 * s["compress_seconds"],
             1e3 * s["communicate_seconds"],
             1e3 * s["decompress_seconds"],
@@ -159,6 +177,8 @@ class Telemetry:
             for key in (
                 "ratio",
                 "bytes_sent",
+                "wire_ratio",
+                "wire_bytes",
                 "compress_seconds",
                 "communicate_seconds",
                 "decompress_seconds",
@@ -194,13 +214,24 @@ class StepTracker:
         self.record = StepRecord(self.step, loss_scale, self.telemetry.measures(self.step))
         return self.record
 
-    def end_issue(self, record: StepRecord, sent: int, dense: int, last: bool) -> None:
+    def end_issue(
+        self,
+        record: StepRecord,
+        sent: int,
+        dense: int,
+        last: bool,
+        wire: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
         """Counts a bucket's bytes once its collectives are issued; the last one ends the step.
-        Its callback may already have run (collectives can finish first), so the step may
-        complete here."""
+        ``wire``: what this rank puts on the wire, what a dense ring allreduce would, and what
+        of the first crosses between nodes. Its callback may already have run (collectives can
+        finish first), so the step may complete here."""
         with self.telemetry.lock:
             record.bytes_sent += sent
             record.bytes_dense += dense
+            record.wire_bytes += wire[0]
+            record.wire_dense += wire[1]
+            record.wire_between_nodes += wire[2]
             if not last:
                 return
             record.closed = True

@@ -103,6 +103,14 @@ METHODS = [
     ),
     Method("sign momentum", "sign", options={"momentum": 0.9}),
     Method("sign ef21", "sign", options={"feedback": "ef21"}),
+    # Issue 17: the two-phase exchange re-compresses each reduced chunk at its owner, at the
+    # method's density or (denser) twice it.
+    Method("topk 1% two_phase", "topk:ratio=0.01", options={"collective": "two_phase"}),
+    Method(
+        "topk 1% two_phase denser",
+        "topk:ratio=0.01",
+        options={"collective": "two_phase", "reduced_density_factor": 2.0},
+    ),
 ]
 METHODS_BY_LABEL = {m.label: m for m in METHODS}
 # Each suite's methods: the first suite's list (Fashion-MNIST adds Top-K without error feedback,
@@ -112,7 +120,7 @@ _BASE = [m.label for m in METHODS[: METHODS.index(METHODS_BY_LABEL["topk 10%"]) 
 SUITE_METHODS = {
     "fashion_mnist": [label for label in _BASE if label != "topk 10%"]
     + ["randomk 10% momentum", "randomk 10% dgc", "randomk 10% ef21 momentum", "sign momentum"]
-    + ["sign ef21", "randomk 10% unbiased"],
+    + ["sign ef21", "randomk 10% unbiased", "topk 1% two_phase", "topk 1% two_phase denser"],
     "char_lm": [label for label in _BASE if not label.endswith("without EF")]
     + ["topk_bitmap 10%", "topk_bitmap 15%", "topk_bitmap 20%"]
     + ["topk 1% local clip", "topk 1% dgc", "topk 1% ef21", "topk_int8 5% momentum"]
@@ -415,12 +423,15 @@ def train_one(workload, recipe: Recipe, method: Method, log_prefix: str) -> dict
                     flush=True,
                 )
     bytes_sent = state.stats()["bytes_sent"] if state is not None else total * dense_bytes
+    # What one rank put on the wire against a dense ring allreduce (1.0 for dense itself).
+    wire_ratio = state.stats()["wire_ratio"] if state is not None else 1.0
     return {
         **asdict(method),
         workload.metric: curve[-1][workload.metric],
         "steps": total,
         "bytes_per_step": bytes_sent / total,
         "dense_bytes_per_step": dense_bytes,
+        "wire_ratio": wire_ratio,
         "seconds": time.perf_counter() - began,
         "train_loss_first50": sum(losses[:50]) / 50,
         "train_loss_last50": sum(losses[-50:]) / 50,

@@ -27,6 +27,7 @@ DISAGREEMENTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "min_numel": ({"compressor": "topk"}, {"compressor": "topk", "min_numel": 0}),
     "overrides": ({"compressor": "topk"}, {"compressor": "topk", "overrides": {"fc2.*": "none"}}),
     "error_feedback": ({"compressor": "sign"}, {"compressor": "sign", "error_feedback": False}),
+    "collective": ({"compressor": "topk"}, {"compressor": "topk", "collective": "two_phase"}),
 }
 
 

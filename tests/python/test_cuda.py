@@ -17,9 +17,11 @@ import torch.multiprocessing as mp
 import gradcomp
 from gradcomp import _C, ops
 
+import collective_workers
 import ddp_workers
 from conftest import free_port
 from ddp_workers import TRAINED_METHODS, SmallNet, _batches
+from test_collectives import check_exchanges
 
 HAS_GPU = torch.cuda.is_available() and _C.has_cuda_kernels()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU and a CUDA build")
@@ -593,3 +595,17 @@ def test_ranks_sharing_one_gpu_end_with_identical_parameters(tmp_path: Path, wor
         assert all(torch.isfinite(torch.tensor(result["losses"]))), label
         if label.split("@")[0] not in ("threshold", "powersgd"):
             assert result["device_path"] and all(result["device_path"]), label
+
+
+@needs_gpu
+def test_two_phase_and_hierarchy_on_one_gpu(tmp_path: Path) -> None:
+    """collective="two_phase", "auto" and hierarchy=2 with 4 ranks of the CUDA path on one GPU
+    (Gloo): DDP's average at lossless settings, identical ranks, and nothing lost."""
+    mp.spawn(
+        collective_workers.exchanges,
+        args=(4, free_port(), str(tmp_path), "cuda"),
+        nprocs=4,
+        join=True,
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(4)]
+    check_exchanges(ranks, 4)
