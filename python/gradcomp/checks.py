@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -226,7 +227,7 @@ _COLLECTIVES = ("allgather", "two_phase", "auto")
 
 
 def check_collective(
-    collective: str,
+    collective: str | Mapping[str, str],
     hierarchy: str | int | None,
     link: Any,
     config: CompressorConfig,
@@ -236,14 +237,38 @@ def check_collective(
     feedback: str,
     world_group: bool,
     reduced_density_factor: float = 1.0,
+    param_names: list[str] | None = None,
 ) -> None:
     """collective=, hierarchy= and link=. Both cut parameters into parts with residuals of
     their own, which momentum masking and EF21 (they look residuals up by parameter) cannot
-    read."""
+    read. A per-parameter collective= is a mapping of fnmatch patterns, each of which must
+    match a parameter (when the names are known)."""
     from gradcomp.cost_model import Link
 
-    if collective not in _COLLECTIVES:
-        raise ValueError(f"collective={collective!r}; valid: {', '.join(map(repr, _COLLECTIVES))}")
+    valid = ", ".join(map(repr, _COLLECTIVES))
+    if isinstance(collective, str):
+        choices = [collective]
+    elif isinstance(collective, Mapping):
+        choices = list(collective.values())
+        for pattern, choice in collective.items():
+            if not isinstance(pattern, str):
+                raise TypeError(f"collective pattern {pattern!r} must be a str")
+            if choice not in _COLLECTIVES:
+                raise ValueError(f"collective {pattern!r}: {choice!r}; valid: {valid}")
+            if param_names is not None and not any(
+                fnmatch.fnmatchcase(name, pattern) for name in param_names
+            ):
+                raise ValueError(
+                    f"collective pattern {pattern!r} matches no parameter (fnmatch syntax, "
+                    f"matched against full names); parameters: {', '.join(param_names[:12])}"
+                )
+    else:
+        raise TypeError(
+            "collective must be a str or a mapping of parameter-name patterns to one, got "
+            f"{type(collective).__name__}"
+        )
+    if any(choice not in _COLLECTIVES for choice in choices):
+        raise ValueError(f"collective={collective!r}; valid: {valid}")
     factor = reduced_density_factor
     if isinstance(factor, bool) or not isinstance(factor, (int, float)):
         raise TypeError(f"reduced_density_factor must be a number, got {type(factor).__name__}")
@@ -253,10 +278,10 @@ def check_collective(
         )
     if link is not None and not isinstance(link, Link):
         raise TypeError(f"link must be a gradcomp.Link or None, got {type(link).__name__}")
-    if collective == "allgather" and hierarchy is None:
+    if all(choice == "allgather" for choice in choices) and hierarchy is None:
         return
     what = f"collective={collective!r}" if hierarchy is None else f"hierarchy={hierarchy!r}"
-    if collective == "two_phase" and isinstance(config, PowerSGD):
+    if "two_phase" in choices and isinstance(config, PowerSGD):
         raise ValueError(
             "collective='two_phase' applies to gathered payloads; powersgd allreduces its "
             "factors: use collective='allgather' (the default) with powersgd"

@@ -27,6 +27,7 @@ __all__ = [
     "allgather_async",
     "allreduce_async",
     "alltoall_async",
+    "channels_wire",
     "exchange_lengths",
     "issue_channels",
 ]
@@ -141,3 +142,16 @@ def issue_channels(
         works.append(work)
         futures.append(fut)
     return received, futures, works, used, sent, wire
+
+
+def channels_wire(codec: Any, world: int) -> int:
+    """What a BucketCodec's channels put on the wire per step: a ring allreduce of each summed
+    channel, an allgather of each gathered one (a variable channel at its most)."""
+    wire = 0
+    for collective, dtype, numel, _variable in codec.channels:
+        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+        if collective == "allreduce":
+            wire += allreduce_wire(nbytes, world)
+        else:
+            wire += allgather_wire(nbytes, world)
+    return wire

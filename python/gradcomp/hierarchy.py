@@ -26,9 +26,10 @@ import torch.distributed as dist
 
 from gradcomp import _C
 from gradcomp.bucket_split import split_entries
+from gradcomp.comm import channels_wire
 from gradcomp.cost_model import Link, allgather_wire, allreduce_wire
 from gradcomp.local_update import Entry
-from gradcomp.two_phase import TwoPhaseCodec, resolve_collective
+from gradcomp.two_phase import Collective, TwoPhaseCodec, chunked_entries
 
 __all__ = ["HierarchicalCodec", "NodeGroups", "ranks_per_node"]
 
@@ -86,7 +87,7 @@ class HierarchicalCodec:
         residuals: _C.ErrorFeedback | None,
         seed: int,
         groups: NodeGroups,
-        collective: str,
+        collective: Collective,
         link: Link,
         reduced_methods: list[Any] | None = None,
     ) -> None:
@@ -101,12 +102,10 @@ class HierarchicalCodec:
         self.inner: Any = None
         if own:
             node, nodes = groups.node, groups.nodes
-            chosen = resolve_collective(
-                collective, methods, own, node, nodes, link, reduced_methods
-            )
-            if chosen == "two_phase":
+            chunk = chunked_entries(collective, methods, own, node, nodes, link, reduced_methods)
+            if chunk is not None:
                 self.inner = TwoPhaseCodec(
-                    methods, own, residuals, seed, node, nodes, reduced_methods
+                    methods, own, residuals, seed, node, nodes, reduced_methods, chunk
                 )
             else:
                 self.inner = _C.BucketCodec(methods, own, residuals, seed, node, nodes)
@@ -123,16 +122,7 @@ class HierarchicalCodec:
         """What this rank sends between nodes (by its slice's collectives)."""
         if isinstance(self.inner, TwoPhaseCodec):
             return self.inner.wire_bytes
-        if self.inner is None:
-            return 0
-        wire = 0
-        for collective, dtype, numel, _variable in self.inner.channels:
-            nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-            if collective == "allreduce":
-                wire += allreduce_wire(nbytes, self.groups.nodes)
-            else:
-                wire += allgather_wire(nbytes, self.groups.nodes)
-        return wire
+        return channels_wire(self.inner, self.groups.nodes) if self.inner is not None else 0
 
     def node_wire(self, element_size: int) -> int:
         """What this rank sends inside its node: the allreduce and the allgather of slices."""

@@ -81,7 +81,7 @@ class HookState:
         warmup_steps: int = 0,
         warmup_density: float = 0.25,
         feedback: str = "residual",
-        collective: str = "allgather",
+        collective: "str | Mapping[str, str]" = "allgather",
         hierarchy: str | int | None = None,
         link: Link | None = None,
         reduced_density_factor: float = 1.0,
@@ -145,6 +145,7 @@ class HookState:
             feedback=feedback,
             world_group=process_group is None or process_group == dist.group.WORLD,
             reduced_density_factor=reduced_density_factor,
+            param_names=list(param_numels) if param_numels else None,
         )
         node_size = ranks_per_node(hierarchy, self.world_size)
         self.collective = collective
@@ -209,7 +210,7 @@ class HookState:
             "clip": clip,
             "warmup": [warmup_steps, warmup_density],
             "feedback": feedback,
-            "collective": collective,
+            "collective": collective if isinstance(collective, str) else dict(collective),
             "ranks_per_node": node_size,
             "link": [self.link.latency, self.link.bandwidth],
             "reduced_density_factor": reduced_density_factor,
@@ -238,7 +239,7 @@ class HookState:
         warmup_steps: int = 0,
         warmup_density: float = 0.25,
         feedback: str = "residual",
-        collective: str = "allgather",
+        collective: "str | Mapping[str, str]" = "allgather",
         hierarchy: str | int | None = None,
         link: Link | None = None,
         reduced_density_factor: float = 1.0,
@@ -508,7 +509,7 @@ def register(
     warmup_density: float = 0.25,
     feedback: str = "residual",
     optimizer: torch.optim.Optimizer | None = None,
-    collective: str = "allgather",
+    collective: "str | Mapping[str, str]" = "allgather",
     hierarchy: str | int | None = None,
     link: Link | None = None,
     reduced_density_factor: float = 1.0,
@@ -555,7 +556,9 @@ def register(
             sign, QSGD, int8) travel: "allgather" (each rank sends its payload P-1 times),
             "two_phase" (all_to_all of per-chunk payloads, reduce at the chunk's owner,
             re-compress, allgather: about two payloads per rank whatever P) or "auto" (per
-            bucket, whichever ``link``'s cost model predicts faster; see docs/design.md).
+            bucket, whichever ``link``'s cost model predicts faster; see docs/design.md). Or
+            per parameter: fnmatch patterns to those, first match wins, unmatched parameters
+            "allgather", e.g. ``{"embed.*": "allgather", "*": "two_phase"}``.
         hierarchy: "node" (ranks per node from torchrun's LOCAL_WORLD_SIZE) or the number of
             ranks per node: a dense allreduce inside each node, compression only between
             nodes, then an allgather inside the node. None: one flat group.

@@ -19,7 +19,7 @@ from gradcomp.cost_model import Link
 from gradcomp.hierarchy import HierarchicalCodec, NodeGroups
 from gradcomp.local_update import Entry, is_sparsifier
 from gradcomp.schedule import STAGES, DensityWarmup, density_of, with_density
-from gradcomp.two_phase import TwoPhaseCodec, resolve_collective
+from gradcomp.two_phase import Collective, TwoPhaseCodec, chunked_entries
 
 __all__ = ["BucketLike", "BucketPlans", "StagedPlans"]
 
@@ -46,7 +46,7 @@ class BucketPlans:
         world_size: int,
         residuals: _C.ErrorFeedback | None,
         warm_start: _C.ErrorFeedback,
-        collective: str = "allgather",
+        collective: Collective = "allgather",
         groups: NodeGroups | None = None,
         link: Link | None = None,
         reduced_density_factor: float = 1.0,
@@ -162,7 +162,7 @@ class BucketPlans:
                 self._reduced_objects,
             )
         elif entries:
-            chosen = resolve_collective(
+            chunk = chunked_entries(
                 self._collective,
                 self._method_objects,
                 entries,
@@ -173,8 +173,8 @@ class BucketPlans:
             )
             common = (self._method_objects, entries, self._residuals, self._seed)
             where = (self._rank, self._world_size)
-            if chosen == "two_phase":
-                codec = TwoPhaseCodec(*common, *where, self._reduced_objects)
+            if chunk is not None:
+                codec = TwoPhaseCodec(*common, *where, self._reduced_objects, chunk)
             else:
                 codec = _C.BucketCodec(*common, *where)
         masked = [e[3] and is_sparsifier(self.methods[e[5]]) for e in entries]

@@ -53,8 +53,8 @@ def _guarded(result: torch.futures.Future, stage: Callable[[], Stage | None]) ->
 
 
 class _TwoPhaseRun:
-    """One bucket's two phases in ``group``: phase 1 issued at construction, phase 2 by
-    issue_second(), decode() once every future has completed."""
+    """One bucket's two phases in ``group``: phase 1 (and the rest codec's collectives) issued
+    at construction, phase 2 by issue_second(), decode() once every future has completed."""
 
     def __init__(
         self,
@@ -70,7 +70,7 @@ class _TwoPhaseRun:
         world = codec.world_size
         started = time.perf_counter()
         with profiled("gradcomp::compress"):
-            summed, send, self.receive = codec.encode(buffer, step, record.measure, ratio)
+            rest, send, self.receive = codec.encode(buffer, step, record.measure, ratio)
         record.compress_seconds += time.perf_counter() - started
         if record.measure:
             record.input_sq += codec.measured[0]
@@ -78,13 +78,13 @@ class _TwoPhaseRun:
         self.issued = time.perf_counter()
         self.futures: list[torch.futures.Future] = []
         self.works: list[Any] = []
-        self.summed = summed
+        self.rest, self.used = rest, []
         with profiled("gradcomp::communicate"):
-            if codec.summed is not None:
-                received, futures, works, _used, _sent, _wire = issue_channels(
-                    codec.summed, summed, group, world
+            if codec.rest is not None:
+                received, futures, works, used, _sent, _wire = issue_channels(
+                    codec.rest, rest, group, world
                 )
-                self.summed, self.futures, self.works = received, futures, works
+                self.rest, self.futures, self.works, self.used = received, futures, works, used
             splits = codec.splits
             out_splits = [splits[codec.rank]] * world
             self.first, _ = alltoall_async(self.receive, send, out_splits, splits, group)
@@ -107,7 +107,7 @@ class _TwoPhaseRun:
     def decode(self) -> int:
         assert self.gathered is not None
         with profiled("gradcomp::decompress"):
-            return self.codec.decode(self.buffer, self.summed, self.gathered, self.step)
+            return self.codec.decode(self.buffer, self.rest, self.gathered, self.step, self.used)
 
 
 def _wait_all(futures: list[torch.futures.Future]) -> None:

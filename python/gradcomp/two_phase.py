@@ -12,31 +12,33 @@ Per bucket, with P ranks in the group:
    so checkpoints and loss-scale changes cover both), and one allgather brings every rank
    every re-compressed chunk, which each rank decodes into the bucket.
 
-Entries that travel summed (dense tensors, fp16/bf16, Random-K) keep their allreduce. Each
-rank sends about (P-1)/P of one payload in phase 1 and (P-1)/P of one in phase 2.
+Entries that travel summed (dense tensors, fp16/bf16, Random-K) keep their allreduce, and
+gathered ones whose collective= choice is "allgather" (or whose payload size varies,
+threshold) their allgather, in a codec of their own (``rest``). Each rank sends about
+(P-1)/P of one payload in phase 1 and (P-1)/P of one in phase 2.
 
 This module builds the codecs and sizes the messages; staged_exchange.py runs the phases.
 """
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from gradcomp import _C
-from gradcomp.bucket_split import split_entries
-from gradcomp.cost_model import (
-    Link,
-    allgather_wire,
-    allreduce_wire,
-    alltoall_wire,
-    choose_collective,
-)
+from gradcomp.bucket_split import base_name, split_entries
+from gradcomp.comm import channels_wire
+from gradcomp.cost_model import Link, allgather_wire, alltoall_wire, choose_collective
 from gradcomp.local_update import Entry
 
 __all__ = [
     "COLLECTIVES",
+    "Collective",
+    "chunked_entries",
+    "collective_of",
     "REDUCED_SUFFIX",
     "ByteLayout",
     "TwoPhaseCodec",
@@ -67,24 +69,46 @@ def gathered_entries(entries: list[Entry], methods: list[Any]) -> list[bool]:
     ]
 
 
-def resolve_collective(
-    collective: str,
+Collective = str | Mapping[str, str]
+
+
+def collective_of(collective: Collective, name: str) -> str:
+    """The collective= choice of a parameter (or a part of one): the option itself, or the
+    first fnmatch pattern of a mapping that matches it ("allgather" when none does)."""
+    if isinstance(collective, str):
+        return collective
+    parameter = base_name(name)
+    for pattern, choice in collective.items():
+        if fnmatch.fnmatchcase(parameter, pattern):
+            return choice
+    return "allgather"
+
+
+def chunked_entries(
+    collective: Collective,
     methods: list[Any],
     entries: list[Entry],
     rank: int,
     world_size: int,
     link: Link,
     reduced_methods: list[Any] | None = None,
-) -> str:
-    """How a bucket's gathered payloads travel: "two_phase" or "allgather". "auto" asks the
-    cost model, sizing the two phases with codecs that hold no residuals (so that sizing takes
-    no residual slot)."""
-    if collective == "allgather" or world_size < 2 or not any(gathered_entries(entries, methods)):
-        return "allgather"
-    if collective == "two_phase":
-        return "two_phase"
-    sizing = TwoPhaseCodec(methods, entries, None, 0, rank, world_size, reduced_methods)
-    return choose_collective(sizing.payload_bytes, sizing.reduced_stride, world_size, link)
+) -> list[bool] | None:
+    """Which entries of a bucket travel in two phases (None: none do). An entry must be
+    gathered (gathered_entries) and choose "two_phase", or "auto" where the cost model
+    predicts two phases faster for the bucket's "auto" entries; sizing them takes codecs that
+    hold no residuals (so that sizing takes no residual slot)."""
+    if world_size < 2:
+        return None
+    gathered = gathered_entries(entries, methods)
+    wants = [collective_of(collective, e[0]) for e in entries]
+    fixed = [g and w == "two_phase" for g, w in zip(gathered, wants, strict=True)]
+    auto = [g and w == "auto" for g, w in zip(gathered, wants, strict=True)]
+    if any(auto):
+        sizing = TwoPhaseCodec(methods, entries, None, 0, rank, world_size, reduced_methods, auto)
+        choice = choose_collective(sizing.payload_bytes, sizing.reduced_stride, world_size, link)
+        if choice == "two_phase":
+            fixed = [f or a for f, a in zip(fixed, auto, strict=True)]
+    return fixed if any(fixed) else None
 
 
 class ByteLayout:
@@ -133,17 +157,23 @@ class TwoPhaseCodec:
         rank: int,
         world_size: int,
         reduced_methods: list[Any] | None = None,
+        chunk: list[bool] | None = None,
     ) -> None:
         """``reduced_methods``: what the owners re-compress with (default ``methods``; the
-        hook's ``reduced_density_factor`` makes the sparsifiers among them denser)."""
+        hook's ``reduced_density_factor`` makes the sparsifiers among them denser). ``chunk``:
+        which entries travel in two phases (default: every gathered one); they must be
+        gathered. The others travel in ``rest``, a BucketCodec of their own collectives."""
         gathered = gathered_entries(entries, methods)
-        summed = [e for e, g in zip(entries, gathered, strict=True) if not g]
-        chunked = [e for e, g in zip(entries, gathered, strict=True) if g]
+        chunk = gathered if chunk is None else chunk
+        if any(c and not g for c, g in zip(chunk, gathered, strict=True)):
+            raise ValueError("two_phase can only chunk entries whose payloads are gathered")
+        rest = [e for e, c in zip(entries, chunk, strict=True) if not c]
+        chunked = [e for e, c in zip(entries, chunk, strict=True) if c]
         if not chunked:
             raise ValueError("two_phase needs at least one entry whose payload is gathered")
         self.rank, self.world_size = rank, world_size
-        self.summed = (
-            _C.BucketCodec(methods, summed, residuals, seed, rank, world_size) if summed else None
+        self.rest = (
+            _C.BucketCodec(methods, rest, residuals, seed, rank, world_size) if rest else None
         )
         parts = split_entries(chunked, world_size)
 
@@ -182,15 +212,15 @@ class TwoPhaseCodec:
     @property
     def bytes_sent(self) -> int:
         """What this rank hands to its collectives per step."""
-        summed = self.summed.bytes_sent if self.summed is not None else 0
-        return summed + sum(self.splits) + self.reduced_stride
+        rest = self.rest.bytes_sent if self.rest is not None else 0
+        return rest + sum(self.splits) + self.reduced_stride
 
     @property
     def wire_bytes(self) -> int:
         """What this rank puts on the wire per step (cost_model's algorithms)."""
-        summed = self.summed.bytes_sent if self.summed is not None else 0
+        rest = channels_wire(self.rest, self.world_size) if self.rest is not None else 0
         return (
-            allreduce_wire(summed, self.world_size)
+            rest
             + alltoall_wire(sum(self.splits), self.splits[self.rank])
             + allgather_wire(self.reduced_stride, self.world_size)
         )
@@ -218,15 +248,16 @@ class TwoPhaseCodec:
     def encode(
         self, bucket: torch.Tensor, step: int, measure: bool, ratio: torch.Tensor | None
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Phase 1's messages: the allreduced codec's, the packed chunks to send (chunk j at
-        offset sum(splits[:j])) and where the P payloads of this rank's chunk arrive."""
+        """Phase 1's messages: the rest codec's (one per channel), the packed chunks to send
+        (chunk j at offset sum(splits[:j])) and where the P payloads of this rank's chunk
+        arrive."""
         send, receive, _, _ = self._buffers_on(bucket.device)
         input_sq = error_sq = 0.0
-        summed = []
-        if self.summed is not None:
-            summed = self.summed.encode(bucket, step, measure, ratio)
+        rest = []
+        if self.rest is not None:
+            rest = self.rest.encode(bucket, step, measure, ratio)
             if measure:
-                input_sq, error_sq = self.summed.measured
+                input_sq, error_sq = self.rest.measured
         offset = 0
         for codec, layout in zip(self.chunks, self.chunk_layouts, strict=True):
             if codec is None or layout is None:
@@ -239,7 +270,7 @@ class TwoPhaseCodec:
                 input_sq += chunk_input
                 error_sq += chunk_error
         self.measured = (input_sq, error_sq)
-        return summed, send, receive
+        return rest, send, receive
 
     def reduce_own(
         self, bucket: torch.Tensor, received: torch.Tensor, step: int, ratio: torch.Tensor | None
@@ -265,11 +296,14 @@ class TwoPhaseCodec:
     def decode(
         self,
         bucket: torch.Tensor,
-        summed: list[torch.Tensor],
+        rest: list[torch.Tensor],
         gathered: torch.Tensor,
         step: int,
+        used: list[int] | None = None,
     ) -> int:
-        """Writes every rank's re-compressed chunk and the allreduced entries into the bucket;
+        """Writes every rank's re-compressed chunk and the rest codec's entries (``rest``: what
+        its collectives returned; ``used``: every rank's length of a variable channel) into the
+        bucket;
         0 when some rank's gradient was not finite (those entries are then NaN), -1 when the
         flags stayed on the device (CUDA), else 1."""
         outcomes = []
@@ -279,8 +313,8 @@ class TwoPhaseCodec:
             start = j * self.reduced_stride
             received = layout.unpack(gathered[start : start + layout.nbytes], 1, layout.nbytes)
             outcomes.append(codec.decode(bucket, received, step))
-        if self.summed is not None:
-            outcomes.append(self.summed.decode(bucket, summed, step))
+        if self.rest is not None:
+            outcomes.append(self.rest.decode(bucket, rest, step, used or []))
         return combined_outcome(outcomes)
 
 

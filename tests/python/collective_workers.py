@@ -91,6 +91,18 @@ def _cases(world_size: int) -> list[tuple[str, str, dict[str, Any]]]:
             {"collective": "two_phase", "reduced_density_factor": 3.0},
         ),
         ("allgather", "topk:ratio=0.01", {"collective": "allgather"}),
+        # Per parameter: w1 in two phases, w2 as the cost model says, the rest by allgather.
+        (
+            "per_parameter",
+            "topk:ratio=0.01",
+            {"collective": {"w1": "two_phase", "w2": "auto", "*": "allgather"}},
+        ),
+        # A variable-size payload (threshold) keeps its allgather beside two phases.
+        (
+            "two_phase_threshold",
+            "topk:ratio=0.01",
+            {"collective": "two_phase", "overrides": {"w3": "threshold:density=0.05"}},
+        ),
         ("auto", "topk:ratio=0.01", {"collective": "auto"}),
     ]
     if world_size >= 4 and world_size % 2 == 0:
@@ -108,7 +120,9 @@ def exchanges(rank: int, world_size: int, port: int, out_dir: str, device: str =
     _init(rank, world_size, port)
     results: dict[str, Any] = {"plain": _grads_after_one_step(rank, None, device)}
     for label, spec, options in _cases(world_size):
-        lossless = _grads_after_one_step(rank, "topk:ratio=1.0", device, **options)
+        # Overrides would compress some parameters with another, lossy, method.
+        exact = {k: v for k, v in options.items() if k != "overrides"}
+        lossless = _grads_after_one_step(rank, "topk:ratio=1.0", device, **exact)
         results[f"{label}/lossless"] = lossless
         model, state, _opt = _run(rank, 6, spec, device=device, **options)
         results[label] = {

@@ -89,6 +89,7 @@ def check_exchanges(ranks: list[dict], world_size: int) -> None:
     if world_size >= 4:
         assert stats["two_phase"]["wire_bytes"] < stats["allgather"]["wire_bytes"]
         assert set(stats["two_phase"]["collectives"].values()) >= {"two_phase"}
+        assert "two_phase" in stats["per_parameter"]["collectives"].values()
         between = stats["node_allgather"]["wire_bytes_between_nodes"]
         assert between < stats["allgather"]["wire_bytes"]
 
@@ -147,6 +148,9 @@ def test_cost_model_prefers_allgather_at_two_ranks_and_two_phase_when_many() -> 
         ({"collective": "two_phase", "momentum": 0.9}, "momentum factor masking cannot read"),
         ({"collective": "auto", "feedback": "ef21"}, "feedback='ef21' cannot read"),
         ({"link": 1e9, "collective": "auto"}, "link must be a gradcomp.Link"),
+        ({"collective": {"weight": "ring"}}, "collective 'weight': 'ring'; valid:"),
+        ({"collective": {"embed.*": "two_phase"}}, "collective pattern 'embed.*' matches no"),
+        ({"collective": ["two_phase"]}, "collective must be a str or a mapping"),
         (
             {"collective": "two_phase", "reduced_density_factor": 0.5},
             "reduced_density_factor=0.5 is out of range; valid: 1 <= factor <= 1024",
