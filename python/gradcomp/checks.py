@@ -223,9 +223,6 @@ def check_recipe(
     check_warmup(config, warmup_steps, warmup_density)
 
 
-_COLLECTIVES = ("allgather", "two_phase", "auto")
-
-
 def check_collective(
     collective: str | Mapping[str, str],
     hierarchy: str | int | None,
@@ -244,8 +241,9 @@ def check_collective(
     read. A per-parameter collective= is a mapping of fnmatch patterns, each of which must
     match a parameter (when the names are known)."""
     from gradcomp.cost_model import Link
+    from gradcomp.two_phase import COLLECTIVES
 
-    valid = ", ".join(map(repr, _COLLECTIVES))
+    valid = ", ".join(map(repr, COLLECTIVES))
     if isinstance(collective, str):
         choices = [collective]
     elif isinstance(collective, Mapping):
@@ -253,7 +251,7 @@ def check_collective(
         for pattern, choice in collective.items():
             if not isinstance(pattern, str):
                 raise TypeError(f"collective pattern {pattern!r} must be a str")
-            if choice not in _COLLECTIVES:
+            if choice not in COLLECTIVES:
                 raise ValueError(f"collective {pattern!r}: {choice!r}; valid: {valid}")
             if param_names is not None and not any(
                 fnmatch.fnmatchcase(name, pattern) for name in param_names
@@ -267,7 +265,7 @@ def check_collective(
             "collective must be a str or a mapping of parameter-name patterns to one, got "
             f"{type(collective).__name__}"
         )
-    if any(choice not in _COLLECTIVES for choice in choices):
+    if any(choice not in COLLECTIVES for choice in choices):
         raise ValueError(f"collective={collective!r}; valid: {valid}")
     factor = reduced_density_factor
     if isinstance(factor, bool) or not isinstance(factor, (int, float)):

@@ -109,6 +109,12 @@ class HierarchicalCodec:
                 )
             else:
                 self.inner = _C.BucketCodec(methods, own, residuals, seed, node, nodes)
+        # What this rank sends between nodes per step, by its slice's collectives.
+        if isinstance(self.inner, TwoPhaseCodec):
+            self.inner_wire = self.inner.wire_bytes
+        else:
+            inner = self.inner
+            self.inner_wire = channels_wire(inner, groups.nodes) if inner is not None else 0
         self._staging: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -117,12 +123,6 @@ class HierarchicalCodec:
         if self.inner is None:
             return "none"
         return "two_phase" if isinstance(self.inner, TwoPhaseCodec) else "allgather"
-
-    def inner_wire(self) -> int:
-        """What this rank sends between nodes (by its slice's collectives)."""
-        if isinstance(self.inner, TwoPhaseCodec):
-            return self.inner.wire_bytes
-        return channels_wire(self.inner, self.groups.nodes) if self.inner is not None else 0
 
     def node_wire(self, element_size: int) -> int:
         """What this rank sends inside its node: the allreduce and the allgather of slices."""

@@ -171,7 +171,7 @@ def hierarchy_exchange(
     if isinstance(inner, TwoPhaseCodec):
         sent, between = inner.bytes_sent, inner.wire_bytes
     elif inner is not None:
-        sent, between = inner.bytes_sent, codec.inner_wire()
+        sent, between = inner.bytes_sent, codec.inner_wire
     else:
         sent = between = 0
     wires = (between + codec.node_wire(item), allreduce_wire(dense, state.world_size), between)

@@ -46,7 +46,7 @@ __all__ = [
     "gathered_entries",
 ]
 
-# The values of the hook's collective= option.
+# The values of the hook's collective= option (checks.py refuses others).
 COLLECTIVES = ("allgather", "two_phase", "auto")
 # Names the second-stage residual of a (sub-)entry: "<entry>/reduced".
 REDUCED_SUFFIX = "/reduced"
@@ -202,6 +202,7 @@ class TwoPhaseCodec:
         self.splits = [layout.nbytes if layout else 0 for layout in self.chunk_layouts]
         self.reduced_stride = max(layout.nbytes if layout else 0 for layout in self.reduced_layouts)
         self.numel = sum(e[2] for e in entries)
+        self.wire_bytes = self._wire_bytes()
         # Per device: the packed chunks to send, where this rank's chunks arrive, its packed
         # re-compressed chunk, and every rank's re-compressed chunk.
         self._buffers: dict[torch.device, tuple[torch.Tensor, ...]] = {}
@@ -215,9 +216,9 @@ class TwoPhaseCodec:
         rest = self.rest.bytes_sent if self.rest is not None else 0
         return rest + sum(self.splits) + self.reduced_stride
 
-    @property
-    def wire_bytes(self) -> int:
-        """What this rank puts on the wire per step (cost_model's algorithms)."""
+    def _wire_bytes(self) -> int:
+        """What this rank puts on the wire per step (cost_model's algorithms); fixed for the
+        layout, so computed once (``wire_bytes``)."""
         rest = channels_wire(self.rest, self.world_size) if self.rest is not None else 0
         return (
             rest
