@@ -13,6 +13,12 @@ with a quick transfer first and recorded). The ranks are launched as the nodes o
 multi-node torchrun job (--nnodes W --node-rank i, one per namespace). "loopback" runs one
 single-node torchrun on 127.0.0.1, unshaped. Exposed communication = step time minus the
 same step without DDP; speedup = allreduce's step time / the method's, both from the same job.
+
+--plot draws step time relative to allreduce's, per model, world size, method and link speed.
+To redraw that figure from a saved --json without rerunning (no torch needed):
+
+    python benchmarks/plot_ddp_network.py docs/results/ddp_network.json \\
+        --out docs/results/ddp_network.png
 """
 
 from __future__ import annotations
@@ -137,36 +143,12 @@ def markdown(records: list[dict]) -> str:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    """Step time vs bandwidth, one line per method, one panel per (model, world size)."""
-    import matplotlib
+    """Step time relative to allreduce: one row of panels per model, one column per world
+    size, one bar per method and link speed (plot_ddp_network.py, which also redraws it from a
+    saved --json)."""
+    from plot_ddp_network import plot as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = sorted({(r["model"], r["world_size"]) for r in records})
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
-    for ax, (model, world) in zip(axes[0], panels, strict=True):
-        mine = [r for r in records if (r["model"], r["world_size"]) == (model, world)]
-        bandwidths = sorted({r["bandwidth"] for r in mine}, key=_bandwidth_order)
-        for method in dict.fromkeys(r["method"] for r in mine):
-            points = [
-                (bandwidths.index(r["bandwidth"]), r["step_ms"])
-                for r in mine
-                if r["method"] == method and "step_ms" in r
-            ]
-            if points:
-                xs, ys = zip(*sorted(points), strict=True)
-                ax.plot(xs, ys, marker="o", label=method)
-        ax.set_xticks(range(len(bandwidths)), [bandwidth_label(b) for b in bandwidths])
-        ax.set_yscale("log")
-        ax.set_ylabel("median step time (ms, log)")
-        ax.set_title(f"{model}, {world} ranks")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    draw(records, path)
 
 
 def _bandwidth_order(bandwidth: str) -> float:

@@ -11,7 +11,8 @@ Methods: "allreduce" (DDP's built-in, no hook), "torch_fp16" / "torch_bf16"
 (powerSGD_hook / batched_powerSGD_hook at --powersgd-rank, error feedback and warm start on,
 min compression rate 2), and any gradcomp spec ("topk:ratio=0.01", "powersgd:rank=2", ...),
 optionally followed by hook options as "|name=value" ("sign|collective=two_phase",
-"topk:ratio=0.01|hierarchy=node"; an integer value is passed as an int).
+"topk:ratio=0.01|hierarchy=node"; an integer value is passed as an int). "auto" measures and
+plans during its first 5 steps: give it --warmup 6 or more so the timed steps run its plan.
 
 Bytes per step are what this rank hands to collectives: gradcomp's own counter, or, for
 PyTorch's hooks, a count of the tensors their collectives receive (DDP's built-in allreduce:
@@ -40,7 +41,9 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 from torch.nn.parallel import DistributedDataParallel
 
 import gradcomp
+from gradcomp.config import resolve_config
 from gradcomp.cost_model import allreduce_wire
+from gradcomp.probe import probe_rows
 
 from models import MODELS, loss_of, parameter_count
 
@@ -108,8 +111,42 @@ def register(ddp: DistributedDataParallel, method: str, powersgd_rank: int) -> o
     kwargs: dict[str, object] = {}
     for option in options:
         name, _, value = option.partition("=")
-        kwargs[name] = int(value) if value.isdigit() else value
+        kwargs[name] = _option_value(value)
     return gradcomp.register(ddp, spec, **kwargs)
+
+
+def _option_value(text: str) -> object:
+    """An option's value from "|name=value": an int, a float, or the text as it is."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def attach_predictions(records: list[dict], rows: dict[str, dict]) -> None:
+    """What the first "auto" of the job predicted, from its own measuring steps (probe_rows),
+    for every method measured in this job that it had as a candidate (allreduce: its "ddp"
+    row), and what each "auto" predicted for itself: the check of the probe's model against
+    the step times measured here."""
+    for record in records:
+        if "step_ms" not in record:
+            continue
+        method = record["method"]
+        if method.split("|")[0] == "auto":
+            predicted = record.get("auto_predicted_step_ms")
+        else:
+            try:
+                spec = "ddp" if method == "allreduce" else resolve_config(method, {}).spec
+            except (TypeError, ValueError):  # PyTorch's hooks, suffixed variants: not predicted
+                continue
+            if spec not in rows:
+                continue
+            predicted = rows[spec]["predicted_step_ms"]
+        if predicted:
+            record["predicted_step_ms"] = predicted
+            record["prediction_error"] = record["step_ms"] / predicted - 1.0
 
 
 def timed_steps(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
@@ -155,6 +192,7 @@ def main() -> int:
     compute_ms = statistics.median(compute)
 
     records: list[dict] = []
+    predictions: dict[str, dict] | None = None  # probe_rows of the job's first "auto"
 
     def not_measured(method: str, key: str, error: BaseException) -> None:
         # Every rank meets the same error at the same point (a refused hook, or a bug in a hook
@@ -213,6 +251,10 @@ def main() -> int:
                 "compress_ms": 1e3 * last["compress_seconds"],
                 "decompress_ms": 1e3 * last["decompress_seconds"],
             }
+            if "auto" in stats:  # what "auto" chose and predicted, beside what was measured
+                extra["auto_plan"] = stats["auto"]["plan"]
+                extra["auto_predicted_step_ms"] = stats["auto"]["predicted_step_ms"]
+                extra["auto_link"] = stats["auto"]["link"]
         else:
             bytes_per_step = 4 * numel if hook == "allreduce" else counted
             wire = allreduce_wire(bytes_per_step, world)
@@ -245,8 +287,12 @@ def main() -> int:
                 f"(compute {compute_ms:.1f}) {bytes_per_step / 1e6:9.3f} MB/step",
                 flush=True,
             )
+        if isinstance(state, gradcomp.AutoState) and predictions is None:
+            predictions = {row["method"]: row for row in probe_rows(state)}
         del ddp, model, optimizer, state
         dist.barrier()
+    if predictions is not None:
+        attach_predictions(records, predictions)
     if rank == 0:
         args.out.write_text(json.dumps(records, indent=1) + "\n")
     dist.barrier()

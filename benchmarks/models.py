@@ -222,3 +222,22 @@ def loss_of(model_name: str, output: torch.Tensor, target: torch.Tensor) -> torc
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _for_probe(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    make_model, make_batch, batch = MODELS[name]
+    inputs, _target = make_batch(batch, torch.Generator().manual_seed(0))
+    return make_model(), (inputs,)
+
+
+# For `python -m gradcomp probe --model models:<name>` (run from benchmarks/): (model, inputs).
+def probe_resnet50() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    return _for_probe("resnet50")
+
+
+def probe_resnet18() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    return _for_probe("resnet18")
+
+
+def probe_transformer() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    return _for_probe("transformer")

@@ -13,7 +13,8 @@ Why register after ``prepare`` rather than through Accelerate's own option:
 ``DistributedDataParallelKwargs(comm_hook=...)`` takes a ``DDPCommunicationHookType`` (fp16,
 bf16, PowerSGD, batched PowerSGD), not an arbitrary hook. With more than one process,
 ``accelerator.prepare`` returns the model wrapped in ``DistributedDataParallel``;
-``gradcomp.register`` on that object is all it takes.
+``gradcomp.integrations.accelerate.register`` registers on it (and returns None for a single
+process, where there is nothing to compress).
 
 The loop uses gradient accumulation (``accelerator.accumulate``): on the steps that do not
 synchronize, Accelerate runs DDP's ``no_sync`` and the hook is not called, so gradcomp's step
@@ -28,9 +29,8 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from torch.nn.parallel import DistributedDataParallel
 
-import gradcomp
+from gradcomp.integrations import accelerate as gradcomp_accelerate
 
 # The task all recipes share (model, synthetic data, report line) lives beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -55,11 +55,9 @@ def main() -> int:
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    state = None
-    if isinstance(model, DistributedDataParallel):  # world size > 1
-        # The gradcomp line. Register before the first backward.
-        state = gradcomp.register(model, args.compressor)
-    else:
+    # The gradcomp line. Register before the first backward.
+    state = gradcomp_accelerate.register(accelerator, model, args.compressor)
+    if state is None:
         accelerator.print("single process: no DDP, so no gradient exchange to compress")
 
     losses: list[float] = []
@@ -71,9 +69,10 @@ def main() -> int:
             optimizer.zero_grad()
         losses.append(loss.item())
         if i % 20 == 0 and state is not None:
+            ratio = state.stats()["ratio"]  # None until a synchronizing step has sent bytes
             accelerator.print(
-                f"[rank 0] micro-batch {i:3d} loss {loss.item():.4f} "
-                f"gradcomp steps {state.step} wire ratio {state.stats()['ratio']:.4f}"
+                f"[rank 0] micro-batch {i:3d} loss {loss.item():.4f} gradcomp steps "
+                f"{state.step} bytes ratio {'-' if ratio is None else format(ratio, '.4f')}"
             )
 
     window = min(10, len(losses))

@@ -1,21 +1,14 @@
-"""Recipe: PyTorch Lightning's DDP strategy with gradcomp, through a small Callback.
+"""Recipe: PyTorch Lightning's DDP strategy with gradcomp, through gradcomp's Lightning callback.
 
     python examples/recipes/lightning_ddp.py            # Lightning starts the second process
 
 Two CPU processes on Gloo (``accelerator="cpu", devices=2``); Lightning's default "popen"
 launcher re-runs this script for rank 1, so the script must be importable and runnable as is.
 
-Why a Callback rather than ``DDPStrategy(ddp_comm_hook=..., ddp_comm_state=...)``:
-
-* gradcomp's HookState is built from the DDP-wrapped model (it maps each bucket's parameters
-  to their names for error feedback), and Lightning wraps the model only inside
-  ``trainer.fit``, after the strategy (and its ``ddp_comm_state``) must already exist.
-* Lightning 2.6's ``DDPStrategy._register_ddp_hooks`` registers ``ddp_comm_hook`` only when
-  the root device is CUDA; on CPU the arguments are silently ignored.
-
-``Callback.on_fit_start`` runs after ``strategy.setup`` has wrapped the model in DDP and
-before the first training step, so registering there works on CPU and CUDA alike and uses
-only public Lightning API.
+gradcomp ships the Lightning callback: ``gradcomp.integrations.lightning.GradcompCallback``
+registers the hook in ``on_fit_start``, once the DDP strategy has wrapped the model (on CPU and
+CUDA alike; Lightning's own ``DDPStrategy(ddp_comm_hook=..., ddp_comm_state=...)`` registers a
+hook on CUDA only). See its docstring and docs/recipes.md.
 
 Checkpoints: Lightning writes one file, from rank 0. The callback stores
 ``state.gathered_state_dict()`` (every rank's residuals) in it and, on resume, each rank
@@ -35,58 +28,24 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
-from torch.nn.parallel import DistributedDataParallel
 
 import gradcomp
+from gradcomp.integrations.lightning import GradcompCallback
 
 # The task all recipes share (model, synthetic data, report line) lives beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from recipe_common import BATCH, TinyMLP, param_digest, report, synthetic_dataset  # noqa: E402
 
 
-class GradcompCallback(L.Callback):
-    """Registers gradcomp's DDP communication hook once Lightning has built the DDP model.
+class RecipeCallback(GradcompCallback):
+    """The shipped callback, plus a digest of the residuals a resume loaded (the recipe's test
+    compares it with the saved ones)."""
 
-    ``GradcompCallback("topk", ratio=0.01)`` takes the arguments of ``gradcomp.register``;
-    after ``fit`` starts, ``callback.state`` is the HookState (``state.stats()``).
-    """
-
-    def __init__(self, compressor: str | gradcomp.CompressorConfig = "topk", **options: Any):
-        self.compressor = compressor
-        self.options = options
-        self.state: gradcomp.HookState | None = None
-        self._restore: dict[str, Any] | None = None  # from a checkpoint, until fit starts
-        self.loaded_digest = ""  # of the residuals a resume loaded (the recipe's test checks it)
-
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        # Runs on every rank (Lightning writes the file from rank 0 only), so every rank's
-        # part can be gathered into the one checkpoint.
-        if self.state is not None:
-            checkpoint["gradcomp"] = self.state.gathered_state_dict()
-
-    def on_load_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        # Lightning restores callbacks before it wraps the model in DDP: keep it for fit start.
-        self._restore = checkpoint.get("gradcomp")
+    loaded_digest = ""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        model = trainer.strategy.model
-        if not isinstance(model, DistributedDataParallel):
-            # A single-device run, or a strategy that is not DDP (FSDP, DeepSpeed): nothing to
-            # hook; gradcomp compresses DDP's gradient buckets only.
-            raise RuntimeError(
-                f"GradcompCallback needs a DDP strategy; trainer.strategy.model is "
-                f"{type(model).__name__}"
-            )
-        # Register before the first backward; fit() wraps the model in a new DDP each time,
-        # so this runs once per fit (tested: one fit per Trainer).
-        self.state = gradcomp.register(model, self.compressor, **self.options)
-        if self._restore is not None:
-            self.state.load_state_dict(self._restore)  # this rank's part
-            self._restore = None
+        super().on_fit_start(trainer, pl_module)
+        if self.loaded_step is not None and self.state is not None:
             self.loaded_digest = residual_digest(self.state)
 
 
@@ -153,13 +112,13 @@ def main() -> int:
     )
     extra: dict[str, Any] = {}
     if args.resume_at:
-        first = GradcompCallback(args.compressor)
+        first = RecipeCallback(args.compressor)
         trainer = make_trainer(args.resume_at, first)
         trainer.fit(module, loader)
         trainer.save_checkpoint(args.checkpoint)  # every rank calls it; rank 0 writes
         assert first.state is not None
         extra = {"saved_step": first.state.step, "saved_digest": residual_digest(first.state)}
-    callback = GradcompCallback(args.compressor)
+    callback = RecipeCallback(args.compressor)
     trainer = make_trainer(args.steps, callback)
     trainer.fit(module, loader, ckpt_path=args.checkpoint if args.resume_at else None)
 

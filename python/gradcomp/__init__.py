@@ -6,6 +6,7 @@ state = gradcomp.register(ddp_model, "topk", ratio=0.01)
 
 from gradcomp import ops
 from gradcomp._C import compressor_names
+from gradcomp.auto import AutoState
 from gradcomp.config import (
     BF16,
     FP16,
@@ -31,6 +32,7 @@ from gradcomp.simulate import Simulator
 __version__ = "0.3.0"
 
 __all__ = [
+    "AutoState",
     "BF16",
     "FP16",
     "QSGD",

@@ -12,7 +12,7 @@ No `from __future__ import annotations` here: DDP checks comm_hook's annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -37,10 +37,22 @@ from gradcomp.hierarchy import NodeGroups, ranks_per_node
 from gradcomp.lifetime import InFlight
 from gradcomp.local_update import LocalUpdate, check_optimizer
 from gradcomp.loss_scale import ResidualScale
-from gradcomp.plans import BucketPlans, StagedPlans
+from gradcomp.plans import BucketPlans, StagedPlans, method_for
 from gradcomp.schedule import DensityWarmup, density_of
 from gradcomp.staging import StagedIssue
-from gradcomp.telemetry import ScalarWriter, StepRecord, StepTracker, Telemetry, open_writer, scalar
+from gradcomp.telemetry import (
+    ScalarWriter,
+    StepRecord,
+    StepTracker,
+    Telemetry,
+    check_writer,
+    open_writer,
+    ratio,
+    scalar,
+)
+
+if TYPE_CHECKING:
+    from gradcomp.auto import AutoState
 
 __all__ = ["HookState", "comm_hook", "register"]
 
@@ -57,7 +69,10 @@ class HookState:
     feedback, the step counter, the loss scale and the telemetry.
 
     Build it with :func:`register`, or with :meth:`for_model` to register :func:`comm_hook`
-    by hand.
+    by hand. Built before torch.distributed is initialized (Lightning's ``ddp_comm_state``),
+    it binds to its process group at its first use: until then ``bound`` is False, and
+    what needs the group (world size, rank, the bucket codecs, state_dict, stats) is there
+    only once it is bound.
     """
 
     def __init__(
@@ -105,11 +120,8 @@ class HookState:
             )
         if tensorboard is not None and log_every == 0:
             raise ValueError("tensorboard= writes every log_every steps: set log_every >= 1")
-        if not dist.is_initialized():
-            raise RuntimeError(
-                "torch.distributed is not initialized: call "
-                "dist.init_process_group(...) (torchrun sets up the env) first"
-            )
+        if tensorboard is not None:
+            check_writer(tensorboard)
         overrides = dict(overrides or {})
         check_overrides(config, overrides, param_numels)
         check_recipe(
@@ -129,12 +141,6 @@ class HookState:
                 "process_group must be a torch.distributed.ProcessGroup (e.g. from "
                 f"dist.new_group) or None for the world, got {type(process_group).__name__}"
             )
-        group = process_group if process_group is not None else dist.group.WORLD
-        if group is None:  # initialized, yet no world group: not expected, but say so clearly
-            raise RuntimeError("torch.distributed has no default process group")
-        self.process_group: dist.ProcessGroup = group
-        self.world_size = dist.get_world_size(self.process_group)
-        self.rank = dist.get_rank(self.process_group)
         check_collective(
             collective,
             hierarchy,
@@ -147,12 +153,10 @@ class HookState:
             reduced_density_factor=reduced_density_factor,
             param_names=list(param_numels) if param_numels else None,
         )
-        node_size = ranks_per_node(hierarchy, self.world_size)
+        self._config = config
+        self._overrides = overrides
         self.collective = collective
         self.link = link or Link()
-        self.node_groups = (
-            NodeGroups(node_size, self.rank, self.world_size) if node_size is not None else None
-        )
         self.error_feedback = error_feedback
         self.min_numel = min_numel
         self.start_iter = start_iter
@@ -162,44 +166,21 @@ class HookState:
         self._residuals = _C.ErrorFeedback()
         self._warm_start = _C.ErrorFeedback()  # PowerSGD's Q per parameter
         self.warmup = DensityWarmup(warmup_steps, warmup_density, density_of(config))
-        self.staged_plans = StagedPlans(
-            config,
-            overrides,
-            param_names,
-            self.warmup,
-            min_numel=min_numel,
-            seed=seed,
-            rank=self.rank,
-            world_size=self.world_size,
-            residuals=self._residuals if error_feedback else None,
-            warm_start=self._warm_start,
-            collective=collective,
-            groups=self.node_groups,
-            link=self.link,
-            reduced_density_factor=reduced_density_factor,
-        )
-        self.plans = self.staged_plans.target
         total = sum(param_numels.values()) if param_numels else 0
         self.local_update = LocalUpdate(
             momentum=momentum, clip=clip, total_numel=total, masking=mask_momentum
         )
         self.feedback = feedback
         self.estimates = EstimateFeedback() if feedback == "ef21" else None
-        # PowerSGD's codec takes no ratio: its residuals are rescaled on the host.
-        self.loss_scale = ResidualScale(
-            grad_scaler, self._residuals, device_ratio=not self.plans.low_rank
-        )
-        writer = open_writer(tensorboard) if tensorboard is not None and self.rank == 0 else None
-        self.telemetry = Telemetry(log_every, writer, log_rank=self.rank == 0)
-        self.steps = StepTracker(self.telemetry, self._complete)
         self.in_flight = InFlight()
         self.staged = StagedIssue()  # later stages of two_phase and hierarchy exchanges
         self._ratio: torch.Tensor | None = None  # this step's loss-scale ratio for the codecs
-        # What every rank must agree on, checked once at the first hook call.
+        # What every rank must agree on, checked once at the first hook call (_bind adds the
+        # node size).
         numels = param_numels or {name: -1 for name in param_names.values()}
         self._description: dict[str, Any] = {
             "wire_version": _WIRE_VERSION,
-            "compressor": self.compressor.spec,
+            "compressor": config.spec,
             "overrides": {p: c.spec for p, c in overrides.items()},
             "error_feedback": error_feedback,
             "min_numel": min_numel,
@@ -211,12 +192,76 @@ class HookState:
             "warmup": [warmup_steps, warmup_density],
             "feedback": feedback,
             "collective": collective if isinstance(collective, str) else dict(collective),
-            "ranks_per_node": node_size,
             "link": [self.link.latency, self.link.bandwidth],
             "reduced_density_factor": reduced_density_factor,
             "parameters": [[name, numel] for name, numel in numels.items()],
         }
         self._ranks_agree = False
+        # What _bind needs: the parts that depend on the process group's size and this rank.
+        self._group_request = (process_group, hierarchy, tensorboard, log_every)
+        self._plan_args: dict[str, Any] = {
+            "param_names": param_names,
+            "min_numel": min_numel,
+            "seed": seed,
+            "residuals": self._residuals if error_feedback else None,
+            "warm_start": self._warm_start,
+            "collective": collective,
+            "link": self.link,
+            "reduced_density_factor": reduced_density_factor,
+        }
+        self.bound = False
+        # Frameworks that take the state before they start the process group (Lightning's
+        # ddp_comm_state) get a state that binds at its first use instead.
+        if dist.is_initialized():
+            self._bind()
+
+    def _bind(self, needed_by: str = "") -> None:
+        """Binds the state to its process group: the world size and rank, the node groups of a
+        hierarchy, the bucket codecs (which depend on both), the loss scale and the telemetry
+        (rank 0 logs). Runs at construction when torch.distributed is initialized by then, and
+        otherwise at the first use that needs it (``needed_by`` names it for the error)."""
+        if self.bound:
+            return
+        if not dist.is_initialized():
+            raise RuntimeError(
+                f"torch.distributed is not initialized{f' at {needed_by}' if needed_by else ''}"
+                ": call dist.init_process_group(...) (torchrun sets up the env) first. A "
+                "HookState built before that binds to its process group at its first use (the "
+                "first comm_hook call, state_dict, load_state_dict, stats), which must come "
+                "after the group is started (Lightning and Accelerate start it in fit/prepare)"
+            )
+        process_group, hierarchy, tensorboard, log_every = self._group_request
+        group = process_group if process_group is not None else dist.group.WORLD
+        if group is None:  # initialized, yet no world group: not expected, but say so clearly
+            raise RuntimeError("torch.distributed has no default process group")
+        world_size = dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        node_size = ranks_per_node(hierarchy, world_size)
+        self.node_groups = (
+            NodeGroups(node_size, rank, world_size) if node_size is not None else None
+        )
+        self.process_group: dist.ProcessGroup = group
+        self.world_size = world_size
+        self.rank = rank
+        self.staged_plans = StagedPlans(
+            self._config,
+            self._overrides,
+            warmup=self.warmup,
+            rank=rank,
+            world_size=world_size,
+            groups=self.node_groups,
+            **self._plan_args,
+        )
+        self.plans = self.staged_plans.target
+        # PowerSGD's codec takes no ratio: its residuals are rescaled on the host.
+        self.loss_scale = ResidualScale(
+            self.grad_scaler, self._residuals, device_ratio=not self.plans.low_rank
+        )
+        writer = open_writer(tensorboard) if tensorboard is not None and rank == 0 else None
+        self.telemetry = Telemetry(log_every, writer, log_rank=rank == 0)
+        self.steps = StepTracker(self.telemetry, self._complete)
+        self._description["ranks_per_node"] = node_size
+        self.bound = True
 
     @classmethod
     def for_model(
@@ -283,7 +328,7 @@ class HookState:
                 resolved[pattern] = resolve_config(override, {})
             except (ValueError, TypeError) as error:
                 raise type(error)(f"override {pattern!r}: {error}") from error
-        return cls(
+        state = cls(
             config,
             names,
             process_group=process_group,
@@ -307,40 +352,49 @@ class HookState:
             link=link,
             reduced_density_factor=reduced_density_factor,
         )
+        if isinstance(model, DistributedDataParallel):
+            state._bind("for_model")  # a DDP model means a started group: bind now
+        return state
+
+    def _require_bound(self, needed_by: str) -> None:
+        if not self.bound:
+            self._bind(needed_by)
 
     # -- what it is configured with --------------------------------------------------------
 
     @property
     def config(self) -> CompressorConfig:
-        return self.plans.config
+        return self._config
 
     @property
     def compressor(self) -> Any:
-        """The main method (a gradcomp._C.Compressor, or PowerSgd)."""
-        return self.plans.compressor
+        """The main method (a gradcomp._C.Compressor, or PowerSgd); before the state is bound,
+        one built from ``config`` (the bucket codecs build theirs when it binds)."""
+        return self.plans.compressor if self.bound else self._config.build()
 
     @property
     def overrides(self) -> dict[str, CompressorConfig]:
-        return self.plans.overrides
+        return self._overrides
 
     @property
     def low_rank(self) -> bool:
         """True for PowerSGD, which runs two allreduce rounds per bucket."""
-        return self.plans.low_rank
+        return bool(self.compressor.collective == "lowrank")
 
     @property
     def step(self) -> int:
-        """Steps completed (or restored from a checkpoint)."""
-        return self.steps.step
+        """Steps completed (or restored from a checkpoint); 0 before the state is bound."""
+        return self.steps.step if self.bound else 0
 
     def method_for(self, name: str) -> CompressorConfig | None:
         """The config a parameter is compressed with; None when it is sent dense because an
         override says "none" (the size cut, min_numel, is applied separately)."""
-        return self.plans.method_for(name)
+        return method_for(self._config, self._overrides, name)
 
     def plans_at(self, step: int) -> BucketPlans:
         """The bucket codecs of a step: the configured ones, or during the density warm-up
         those of the step's stage."""
+        self._require_bound("plans_at")
         return self.staged_plans.at(step - self.start_iter)
 
     @property
@@ -391,39 +445,40 @@ class HookState:
         by bucket index (BucketPlans.collectives).
         Times are summed over buckets, which overlap each other and the backward pass.
         relative_error = ||g - C(g)|| / ||g|| over the whole gradient (g compensated by error
-        feedback), and residual_norm (in unscaled gradient units), are measured on every
-        ``log_every``-th step only: the latest measurement, NaN before the first.
+        feedback), and residual_norm (the error-feedback residuals' norm after that step, in
+        unscaled gradient units), are measured on every ``log_every``-th step only: the latest
+        measurement, of step ``relative_error_step``.
+        A value not measured is None, never 0.0 or NaN: relative_error, relative_error_step and
+        residual_norm before the first measured step (always with log_every=0), ratio and
+        wire_ratio before anything was sent (also in ``last_step``).
         density: the main method's density at the next step (the warm-up's while it runs;
         None for methods without one); warmup_steps_left: steps until it reaches its own.
         """
+        self._require_bound("stats()")
         with self.telemetry.lock:
             totals = dict(self.telemetry.totals)
             last = dict(self.telemetry.last) if self.telemetry.last else None
             measured = self.telemetry.last_measured
         if last is not None:
             last["loss_scale"] = scalar(last["loss_scale"])
-        dense = totals["bytes_dense"]
-        scale = self.loss_scale.value() or 1.0
         return {
             "compressor": self.compressor.spec,
             "steps": self.step,
             "bytes_sent": totals["bytes_sent"],
-            "bytes_dense": dense,
-            "ratio": totals["bytes_sent"] / dense if dense else float("nan"),
+            "bytes_dense": totals["bytes_dense"],
+            "ratio": ratio(totals["bytes_sent"], totals["bytes_dense"]),
             "bytes_sent_last_step": self.steps.last_bytes_sent,
             "wire_bytes": totals["wire_bytes"],
             "wire_bytes_dense": totals["wire_bytes_dense"],
-            "wire_ratio": totals["wire_bytes"] / totals["wire_bytes_dense"]
-            if totals["wire_bytes_dense"]
-            else float("nan"),
+            "wire_ratio": ratio(totals["wire_bytes"], totals["wire_bytes_dense"]),
             "wire_bytes_between_nodes": totals["wire_bytes_between_nodes"],
             "collectives": self.plans_at(self.step).collectives(),
             "compress_seconds": totals["compress_seconds"],
             "communicate_seconds": totals["communicate_seconds"],
             "decompress_seconds": totals["decompress_seconds"],
             "nonfinite_steps": totals["nonfinite_steps"],
-            "residual_norm": math.sqrt(self._residuals.squared_norm()) / scale,
-            "relative_error": measured["relative_error"] if measured else float("nan"),
+            "residual_norm": measured["residual_norm"] if measured else None,
+            "relative_error": measured["relative_error"] if measured else None,
             "relative_error_step": measured["step"] + 1 if measured else None,
             "density": self.density,
             "warmup_steps_left": max(0, self.start_iter + self.warmup.warmup_steps - self.step)
@@ -445,6 +500,7 @@ class HookState:
         (residuals, PowerSGD's warm-start Q, counters) is one serialized entry under the key
         ``rank<r>``, so DCP, which keeps a single copy of equal keys, keeps every rank's.
         """
+        self._require_bound("state_dict()")
         return checkpoint.state_dict(self)
 
     def gathered_state_dict(self) -> dict[str, Any]:
@@ -452,6 +508,7 @@ class HookState:
         all_gather_object; every rank must call it). For frameworks that write one checkpoint
         from rank 0 (PyTorch Lightning, Hugging Face Trainer): each rank's
         :meth:`load_state_dict` of the same dict picks its own part."""
+        self._require_bound("gathered_state_dict()")
         return checkpoint.gathered_state_dict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -462,6 +519,7 @@ class HookState:
         rank saw); PowerSGD's warm-start Q, the same on every rank, is kept. Residuals saved at
         another loss scale are brought to the current one at the next step.
         """
+        self._require_bound("load_state_dict()")
         checkpoint.load_state_dict(self, state)
 
 
@@ -476,6 +534,8 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
             "reducer (compiled autograd, optimize_ddp='python_reducer') calls hooks per "
             "parameter; gradcomp needs DDP's C++ reducer (the default)"
         )
+    if not state.bound:
+        state._bind("the first comm_hook call")
     if not state._ranks_agree:
         check_ranks_agree(state._description, state.process_group, bucket.buffer().device)
         state._ranks_agree = True
@@ -514,13 +574,18 @@ def register(
     link: Link | None = None,
     reduced_density_factor: float = 1.0,
     **options: Any,
-) -> HookState:
-    """Registers gradcomp's communication hook on a DDP model and returns its HookState.
+) -> "HookState | AutoState":
+    """Registers gradcomp's communication hook on a DDP model and returns its HookState (an
+    AutoState for "auto").
 
     Args:
         model: the DistributedDataParallel-wrapped model.
         compressor: a name ("topk"), a spec string ("topk:ratio=0.01") or a config object
-            (``gradcomp.TopK(ratio=0.01)``).
+            (``gradcomp.TopK(ratio=0.01)``); or "auto": measure the link and each method's
+            cost on the real buckets, then choose per bucket (dense where nothing pays), and
+            re-plan as step times drift (gradcomp.auto; its options: ``methods``,
+            ``min_ratio``, ``replan_every``, ``check_every``, ``drift``, ``warm_steps``,
+            ``measure_steps``, ``min_gain``; see docs/training.md).
         error_feedback: keep what compression dropped and add it to the next step's gradient.
         min_numel: parameters with fewer elements (biases, norms) are allreduced densely.
         start_iter: dense allreduce steps before compression starts.
@@ -574,6 +639,40 @@ def register(
         raise TypeError(
             "gradcomp expects a torch.nn.parallel.DistributedDataParallel model, got "
             f"{type(model).__name__}; wrap it first: model = DistributedDataParallel(model)"
+        )
+    if isinstance(compressor, str) and compressor == "auto":
+        from gradcomp.auto import register_auto  # auto.py builds HookStates: import it late
+
+        fixed = {
+            "start_iter": (start_iter, 0),
+            "overrides": (overrides, None),
+            "momentum": (momentum, 0.0),
+            "clip": (clip, None),
+            "warmup_steps": (warmup_steps, 0),
+            "feedback": (feedback, "residual"),
+            "collective": (collective, "allgather"),
+            "hierarchy": (hierarchy, None),
+            "reduced_density_factor": (reduced_density_factor, 1.0),
+        }
+        refused = sorted(name for name, (value, default) in fixed.items() if value != default)
+        if refused:
+            raise ValueError(
+                f"'auto' chooses the methods itself and does not take {refused}; pass a fixed "
+                "compressor to use them"
+            )
+        if optimizer is not None:
+            check_optimizer(optimizer, 0.0)
+        return register_auto(
+            model,
+            error_feedback=error_feedback,
+            min_numel=min_numel,
+            process_group=process_group,
+            seed=seed,
+            grad_scaler=grad_scaler,
+            log_every=log_every,
+            tensorboard=tensorboard,
+            link=link,
+            **options,
         )
     state = HookState.for_model(
         model,

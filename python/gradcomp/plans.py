@@ -21,7 +21,7 @@ from gradcomp.local_update import Entry, is_sparsifier
 from gradcomp.schedule import STAGES, DensityWarmup, density_of, with_density
 from gradcomp.two_phase import Collective, TwoPhaseCodec, chunked_entries
 
-__all__ = ["BucketLike", "BucketPlans", "StagedPlans"]
+__all__ = ["BucketLike", "BucketPlans", "StagedPlans", "method_for"]
 
 
 class BucketLike(Protocol):
@@ -31,6 +31,17 @@ class BucketLike(Protocol):
     def buffer(self) -> torch.Tensor: ...
     def parameters(self) -> Sequence[torch.Tensor]: ...
     def gradients(self) -> Sequence[torch.Tensor]: ...
+
+
+def method_for(
+    config: CompressorConfig, overrides: dict[str, CompressorConfig], name: str
+) -> CompressorConfig | None:
+    """The config a parameter is compressed with: the first override whose pattern matches its
+    name (None for "none": sent dense), else ``config``."""
+    for pattern, override in overrides.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return None if isinstance(override, NoCompression) else override
+    return config
 
 
 class BucketPlans:
@@ -117,10 +128,7 @@ class BucketPlans:
     def method_for(self, name: str) -> CompressorConfig | None:
         """The config a parameter is compressed with; None when it is sent dense because an
         override says "none" (the size cut, min_numel, is applied separately)."""
-        for pattern, override in self.overrides.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                return None if isinstance(override, NoCompression) else override
-        return self.config
+        return method_for(self.config, self.overrides, name)
 
     def codec_for(self, bucket: BucketLike) -> Any:
         """The bucket's codec, rebuilt when DDP changes the layout; None for a bucket of empty

@@ -18,7 +18,16 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["ScalarWriter", "StepRecord", "StepTracker", "Telemetry", "open_writer", "scalar"]
+__all__ = [
+    "ScalarWriter",
+    "StepRecord",
+    "StepTracker",
+    "Telemetry",
+    "check_writer",
+    "open_writer",
+    "ratio",
+    "scalar",
+]
 
 logger = logging.getLogger("gradcomp")
 
@@ -40,17 +49,35 @@ def open_writer(tensorboard: str | os.PathLike[str] | ScalarWriter) -> ScalarWri
                 "pip install tensorboard (or pass any object with add_scalar)"
             ) from error
         return SummaryWriter(log_dir=os.fspath(tensorboard))
-    if not callable(getattr(tensorboard, "add_scalar", None)):
+    check_writer(tensorboard)
+    return tensorboard
+
+
+def check_writer(tensorboard: object) -> None:
+    """Refuses what is neither a log directory nor a writer (on every rank, before any is
+    opened: only rank 0 opens one)."""
+    if not isinstance(tensorboard, (str, os.PathLike)) and not callable(
+        getattr(tensorboard, "add_scalar", None)
+    ):
         raise TypeError(
             "tensorboard must be a log directory or a writer with add_scalar(tag, value, step), "
             f"got {type(tensorboard).__name__}"
         )
-    return tensorboard
 
 
 def scalar(value: float | torch.Tensor) -> float:
     """A float from a host float or a one-element tensor (which may wait for the device)."""
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def ratio(part: float, whole: float) -> float | None:
+    """part / whole; None when there is no whole yet (nothing sent)."""
+    return part / whole if whole else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    # A measured step may still lack a value (an all-zero gradient has no relative error).
+    return "n/a" if value is None else format(value, spec)
 
 
 @dataclasses.dataclass
@@ -74,25 +101,27 @@ class StepRecord:
     issued: int = 0
     finished: int = 0
     closed: bool = False  # its last bucket has been issued
-    residual_norm: float = math.nan
+    residual_norm: float | None = None  # set on measured steps only
 
     def summary(self) -> dict[str, Any]:
+        """The step's counters; a value the step did not measure (or a ratio of nothing) is
+        None, never 0.0 or NaN, so that it cannot pass for a measurement."""
         measured = self.measure and self.input_sq > 0
         return {
             "step": self.step,
             "bytes_sent": self.bytes_sent,
             "bytes_dense": self.bytes_dense,
-            "ratio": self.bytes_sent / self.bytes_dense if self.bytes_dense else math.nan,
+            "ratio": ratio(self.bytes_sent, self.bytes_dense),
             "wire_bytes": self.wire_bytes,
             "wire_bytes_dense": self.wire_dense,
-            "wire_ratio": self.wire_bytes / self.wire_dense if self.wire_dense else math.nan,
+            "wire_ratio": ratio(self.wire_bytes, self.wire_dense),
             "wire_bytes_between_nodes": self.wire_between_nodes,
             "compress_seconds": self.compress_seconds,
             "communicate_seconds": self.communicate_seconds,
             "decompress_seconds": self.decompress_seconds,
             "nonfinite_buckets": self.nonfinite_buckets,
             "loss_scale": self.loss_scale,
-            "relative_error": math.sqrt(self.error_sq / self.input_sq) if measured else math.nan,
+            "relative_error": math.sqrt(self.error_sq / self.input_sq) if measured else None,
             "residual_norm": self.residual_norm,
         }
 
@@ -157,19 +186,19 @@ class Telemetry:
             totals = dict(self.totals)
         cumulative = totals["bytes_sent"] / totals["bytes_dense"] if totals["bytes_dense"] else 1.0
         logger.info(
-            "step %d: sent %.3f MB (%.4f of dense, %.4f overall), on the wire %.4f of dense, "
-            "compress %.1f ms, communicate %.1f ms, decompress %.1f ms, relative error %.4f, "
-            "residual norm %.4g%s",
+            "step %d: sent %.3f MB (%s of dense, %.4f overall), on the wire %s of dense, "
+            "compress %.1f ms, communicate %.1f ms, decompress %.1f ms, relative error %s, "
+            "residual norm %s%s",
             s["step"] + 1,
             s["bytes_sent"] / 1e6,
-            s["ratio"],
+            _fmt(s["ratio"], ".4f"),
             cumulative,
-            s["wire_ratio"],
+            _fmt(s["wire_ratio"], ".4f"),
             1e3 * s["compress_seconds"],
             1e3 * s["communicate_seconds"],
             1e3 * s["decompress_seconds"],
-            s["relative_error"],
-            s["residual_norm"],
+            _fmt(s["relative_error"], ".4f"),
+            _fmt(s["residual_norm"], ".4g"),
             f", {s['nonfinite_buckets']} non-finite bucket(s)" if s["nonfinite_buckets"] else "",
         )
         if self.writer is not None:
@@ -186,7 +215,8 @@ class Telemetry:
                 "residual_norm",
                 "loss_scale",
             ):
-                self.writer.add_scalar(f"gradcomp/{key}", float(s[key]), step)
+                if s[key] is not None:  # no point rather than a fake 0 or NaN
+                    self.writer.add_scalar(f"gradcomp/{key}", float(s[key]), step)
             self.writer.add_scalar("gradcomp/cumulative_ratio", cumulative, step)
 
     def state(self) -> dict[str, Any]:

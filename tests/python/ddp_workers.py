@@ -155,6 +155,35 @@ def method_trains(rank: int, world_size: int, port: int, out_dir: str, spec: str
     _shutdown()
 
 
+def lazy_binding_matches_eager(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """A HookState built from the bare module before the process group exists (as Lightning's
+    ddp_comm_state is) binds at its first hook call and trains exactly as one built after."""
+    torch.manual_seed(0)
+    lazy_model = SmallNet()
+    options = {"ratio": 0.05, "min_numel": 0, "log_every": 3, "seed": 3}
+    lazy = gradcomp.HookState.for_model(lazy_model, "topk", **options)
+    before = {"bound": lazy.bound, "step": lazy.step, "spec": lazy.compressor.spec}
+    _init(rank, world_size, port)
+    ddp = DistributedDataParallel(lazy_model, bucket_cap_mb=0.01)
+    ddp.register_comm_hook(lazy, gradcomp.comm_hook)
+    _train(lazy_model, ddp, rank, steps=8)
+    torch.manual_seed(0)
+    model = SmallNet()
+    eager_ddp = DistributedDataParallel(model, bucket_cap_mb=0.01)
+    eager = gradcomp.register(eager_ddp, "topk", **options)
+    _train(model, eager_ddp, rank, steps=8)
+    torch.save(
+        {
+            "before": before,
+            "lazy": (_params(lazy_model), lazy.stats(), lazy.world_size, lazy.rank),
+            "eager": (_params(model), eager.stats()),
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
+    del lazy_model, ddp, lazy, model, eager_ddp, eager
+    _shutdown()
+
+
 # What the several-ranks-on-one-GPU test trains (test_cuda.py): every method with default
 # options, so small tensors take the dense fp32 channel beside the compressed payloads.
 GPU_METHODS = [

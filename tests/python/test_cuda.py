@@ -320,6 +320,67 @@ def test_nccl_ddp_trains_on_one_gpu(spec: str) -> None:
             dist.destroy_process_group()
 
 
+@needs_gpu
+def test_lightning_ddp_comm_hook_with_a_state_built_before_fit(tmp_path: Path) -> None:
+    """Lightning's own hook API, DDPStrategy(ddp_comm_hook=gradcomp.comm_hook,
+    ddp_comm_state=state), which Lightning registers on CUDA only: the state is built from the
+    bare module before fit starts the (NCCL, one-rank) group, and binds at the first hook
+    call."""
+    L = pytest.importorskip("lightning")
+    import torch.distributed as dist
+    from lightning.pytorch.strategies import DDPStrategy
+
+    class Lit(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = SmallNet()
+            self.losses: list[float] = []
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int):
+            loss = torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+            self.losses.append(loss.item())
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    torch.manual_seed(0)
+    module = Lit()
+    state = gradcomp.HookState.for_model(module, "topk", ratio=0.05, min_numel=0)
+    assert not state.bound and not dist.is_initialized()
+    batches = _batches(0, 100)
+    data = torch.utils.data.TensorDataset(
+        torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    )
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        strategy=DDPStrategy(
+            process_group_backend="nccl", ddp_comm_hook=gradcomp.comm_hook, ddp_comm_state=state
+        ),
+        max_steps=100,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    environ = dict(os.environ)  # Lightning sets MASTER_ADDR, MASTER_PORT and more
+    try:
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=16))
+        assert state.bound and (state.world_size, state.rank) == (1, 0)
+        stats = state.stats()
+        assert stats["steps"] == 100 and 0 < stats["ratio"] < 0.2, stats
+        losses = module.losses
+        assert sum(losses[-20:]) < 0.7 * sum(losses[:20]), (losses[:3], losses[-3:])
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        del trainer, module, state
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # -- the bucket-level device path ------------------------------------------------------------
 
 # Every method with a device path in one bucket, as overrides make it: the codec groups them by

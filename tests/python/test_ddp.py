@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,53 @@ def test_register_needs_an_initialized_process_group() -> None:
 
     with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
         gradcomp.register(FakeDDP(), "topk")
+
+
+def test_state_built_before_the_group_binds_at_the_first_hook_call(tmp_path: Path) -> None:
+    ranks = _spawn(ddp_workers.lazy_binding_matches_eager, 2, tmp_path)
+    for rank, r in enumerate(ranks):
+        assert r["before"] == {"bound": False, "step": 0, "spec": "topk:ratio=0.05"}
+        params, stats, world_size, own_rank = r["lazy"]
+        assert (world_size, own_rank) == (2, rank)
+        eager_params, eager_stats = r["eager"]
+        for name, p in eager_params.items():
+            assert torch.equal(params[name], p), (rank, name)  # bit-identical
+        for key in ("steps", "bytes_sent", "wire_bytes", "relative_error", "residual_norm"):
+            assert stats[key] == eager_stats[key], key
+        assert stats["steps"] == 8 and stats["relative_error_step"] == 6
+    assert all(torch.equal(ranks[0]["lazy"][0][n], p) for n, p in ranks[1]["lazy"][0].items())
+
+
+def test_unbound_state_without_a_group_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    state = gradcomp.HookState.for_model(torch.nn.Linear(64, 64), "topk", ratio=0.1)
+    # What does not need the group works before it exists.
+    assert not state.bound and state.step == 0 and state.config == gradcomp.TopK(ratio=0.1)
+    assert state.compressor.spec == "topk:ratio=0.1" and state.residuals() == {}
+    assert state.method_for("weight") == gradcomp.TopK(ratio=0.1) and not state.low_rank
+    for call, name in [
+        (state.state_dict, "state_dict()"),
+        (state.gathered_state_dict, "gathered_state_dict()"),
+        (lambda: state.load_state_dict({}), "load_state_dict()"),
+        (state.stats, "stats()"),
+    ]:
+        with pytest.raises(RuntimeError, match=rf"not initialized at {re.escape(name)}: call"):
+            call()
+
+    class Bucket:  # stands in for DDP's GradBucket, which Python cannot construct
+        pass
+
+    monkeypatch.setattr(dist, "GradBucket", Bucket)
+    with pytest.raises(RuntimeError, match="not initialized at the first comm_hook call"):
+        gradcomp.comm_hook(state, Bucket())
+    assert not state.bound
+    # Options that need no group are still checked at construction.
+    with pytest.raises(ValueError, match="ratio=2"):
+        gradcomp.HookState.for_model(torch.nn.Linear(4, 4), "topk", ratio=2)
+    with pytest.raises(TypeError, match="writer with add_scalar"):
+        gradcomp.HookState.for_model(torch.nn.Linear(4, 4), log_every=1, tensorboard=42)
 
 
 def test_start_iter_runs_dense_steps_first(single_rank_group: None) -> None:
@@ -193,11 +241,11 @@ def test_method_trains_with_its_wire_ratio(tmp_path: Path, spec: str) -> None:
 def test_without_error_feedback_nothing_is_kept(single_rank_group: None, spec: str) -> None:
     model = torch.nn.Linear(64, 64)
     ddp = DistributedDataParallel(model)
-    state = gradcomp.register(ddp, spec, min_numel=0, error_feedback=False)
+    state = gradcomp.register(ddp, spec, min_numel=0, error_feedback=False, log_every=2)
     for _ in range(2):
         ddp(torch.randn(4, 64)).sum().backward()
     assert state.stats()["steps"] == 2
-    assert state.stats()["residual_norm"] == 0.0
+    assert state.stats()["residual_norm"] == 0.0  # measured at step 2
     assert state.residuals() == {}
 
 

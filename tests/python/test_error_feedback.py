@@ -34,7 +34,7 @@ def test_hook_invariant_inside_ddp(single_rank_group: None) -> None:
     plain = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Tanh(), torch.nn.Linear(256, 10))
     plain.load_state_dict(model.state_dict())
     ddp = DistributedDataParallel(model)
-    state = gradcomp.register(ddp, "topk", ratio=0.02, min_numel=0)
+    state = gradcomp.register(ddp, "topk", ratio=0.02, min_numel=0, log_every=50)
     names = [n for n, _ in model.named_parameters()]
     raw_sum = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters()}
     sent_sum = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters()}

@@ -110,6 +110,32 @@ def test_stats_per_step_and_the_relative_error(single_rank_group: None) -> None:
     assert stats["residual_norm"] == pytest.approx((grads - out).double().norm().item(), rel=1e-5)
 
 
+def test_unmeasured_stats_are_none(single_rank_group: None) -> None:
+    """A value no step measured is None, not 0.0 or NaN: ratios before anything was sent,
+    relative error and residual norm before a log_every step (with log_every=0: never)."""
+    for log_every in (0, 2):
+        ddp = DistributedDataParallel(_model())
+        state = gradcomp.register(ddp, "topk", ratio=0.05, min_numel=0, log_every=log_every)
+        before = state.stats()
+        assert before["ratio"] is None and before["wire_ratio"] is None
+        assert before["last_step"] is None
+        _step(ddp)
+        stats = state.stats()
+        assert stats["ratio"] is not None and stats["last_step"]["ratio"] is not None
+        for s in (before, stats, stats["last_step"]):
+            assert s["relative_error"] is None and s["residual_norm"] is None
+        assert stats["relative_error_step"] is None
+        _step(ddp, 1)
+        stats = state.stats()
+        if log_every == 0:
+            assert stats["relative_error"] is None and stats["residual_norm"] is None
+        else:  # step 2 measured: its values, and the residual norm they were taken with
+            assert 0 < stats["relative_error"] < 1 and stats["relative_error_step"] == 2
+            norm = math.sqrt(sum(r.double().square().sum() for r in state.residuals().values()))
+            assert stats["residual_norm"] == pytest.approx(norm, rel=1e-5)
+            assert stats["last_step"]["residual_norm"] == stats["residual_norm"]
+
+
 def test_log_line_every_n_steps(single_rank_group: None, caplog) -> None:
     ddp = DistributedDataParallel(_model())
     gradcomp.register(ddp, "topk", ratio=0.05, min_numel=0, log_every=2)
@@ -201,7 +227,8 @@ def test_resume_at_another_world_size(tmp_path: Path) -> None:
             part = torch.load(io.BytesIO(state.state_dict()["ranks"]["rank0"]), weights_only=True)
             assert len(part["warm_start"]) == 2  # Q of SmallNet's conv and fc1 (fc2 is dense)
             training_workers._steps(ddp, _opt, training_workers.ddp_workers._batches(0, 2))
-            assert state.step == 8 and math.isfinite(state.stats()["residual_norm"])
+            assert state.step == 8
+            assert all(torch.isfinite(r).all() for r in state.residuals().values())
             del model, ddp, _opt, state
     finally:
         import gc

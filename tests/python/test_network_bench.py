@@ -73,9 +73,10 @@ def test_loopback_run_writes_records_table_and_plot(
 ) -> None:
     bench = _load("bench_ddp_network")
     out, table, png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
-    methods = ["allreduce", "torch_fp16", "torch_bf16", "topk:ratio=0.01", "fp16"]
+    methods = ["allreduce", "torch_fp16", "torch_bf16", "topk:ratio=0.01", "fp16", "auto"]
+    # "auto" plans in its first 7 steps: 8 warm-up steps, so the timed one runs its plan.
     argv = ["bench", "--models", "tiny", "--world-sizes", "2", "--bandwidth", "loopback",
-            "--steps", "1", "--warmup", "1", "--methods", *methods,
+            "--steps", "1", "--warmup", "8", "--methods", *methods,
             "--json", str(out), "--markdown", str(table), "--plot", str(png)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     assert bench.main() == 0
@@ -98,3 +99,57 @@ def test_loopback_run_writes_records_table_and_plot(
     text = table.read_text()
     assert "| topk:ratio=0.01 |" in text and "not measured: TypeError" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # What "auto" chose and predicted, for itself and for every candidate measured beside it.
+    auto = records["auto"]
+    assert set(auto["auto_plan"]) == {str(b) for b in range(auto["buckets"])}
+    for name in ("allreduce", "topk:ratio=0.01", "fp16", "auto"):
+        r = records[name]
+        assert r["predicted_step_ms"] > 0
+        assert r["prediction_error"] == pytest.approx(r["step_ms"] / r["predicted_step_ms"] - 1)
+    assert "predicted_step_ms" not in records["torch_fp16"]  # not one of auto's candidates
+    summary = _load("auto_summary")
+    (row,) = summary.summarize(json.loads(out.read_text())["records"])
+    assert row["auto_vs_ddp"] == pytest.approx(auto["step_ms"] / records["allreduce"]["step_ms"])
+    assert row["predicted"] == 4
+    assert "| tiny | 2 | loopback |" in summary.markdown([row])
+
+
+def _record(model: str, world: int, bandwidth: str, method: str, step_ms: float | None) -> dict:
+    base = {"model": model, "world_size": world, "bandwidth": bandwidth, "method": method}
+    return {**base, "step_ms": step_ms} if step_ms is not None else {**base, "failed": "boom"}
+
+
+def test_plot_redraws_from_json_with_auto_torch_hooks_and_gaps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = _load("plot_ddp_network")
+    records = []
+    for model in ("big", "small"):
+        for world in (2, 4):
+            for bandwidth in ("loopback", "1"):
+                records += [
+                    _record(model, world, bandwidth, "allreduce", 100.0),
+                    _record(model, world, bandwidth, "torch_fp16", 80.0),
+                    _record(model, world, bandwidth, "torch_bf16", None),
+                    _record(model, world, bandwidth, "topk:ratio=0.01", 50.0),
+                    # measured in one panel, at one link speed only
+                    _record(model, world, bandwidth, "auto", 40.0 if world == 2 else None),
+                ]
+    ratios = plot.ratios(records)
+    assert ratios[("big", 2, "1", "topk:ratio=0.01")] == pytest.approx(0.5)
+    assert ("big", 2, "1", "allreduce") not in ratios
+    assert ("big", 4, "1", "auto") not in ratios
+    methods = ["torch_fp16", "topk:ratio=0.01", "auto", "torch_bf16"]
+    assert plot.method_order(methods) == ["auto", "topk:ratio=0.01", "torch_fp16", "torch_bf16"]
+    assert plot.method_label("torch_fp16") == "PyTorch fp16"
+
+    saved, png = tmp_path / "r.json", tmp_path / "r.png"
+    saved.write_text(json.dumps({"meta": {}, "records": records}))
+    assert plot.main([str(saved), "--out", str(png), "--dpi", "40"]) == 0
+    assert str(png) in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without "auto", and with nothing but allreduce
+    plain = [r for r in records if r["method"] != "auto"]
+    plot.plot(plain, tmp_path / "plain.png", dpi=40)
+    plot.plot([r for r in records if r["method"] == "allreduce"], tmp_path / "none.png", dpi=40)
+    assert (tmp_path / "plain.png").exists() and (tmp_path / "none.png").exists()
