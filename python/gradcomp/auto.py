@@ -208,7 +208,6 @@ class AutoState:
         self._drift_replanned = False  # at most one drift re-plan per replan_every window
         self._running: dict[int, str] = {}  # method per bucket of the running plan
         self._bucket_names: dict[int, list[tuple[str, int]]] = {}
-        self._first_call: float | None = None
         self._step_starts: list[tuple[int, float]] = []
         # Per measured step, per bucket: [index, gap before it, hook returned, completed].
         self._steps_seen: list[list[list[Any]]] = []

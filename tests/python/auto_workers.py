@@ -92,12 +92,3 @@ def plans(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.save(out, f"{out_dir}/rank{rank}.pt")
     del ddp, ddp2, state, restored
     _shutdown()
-
-
-def one_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """One rank past the plan step: no link to probe, nothing pays, DDP's way throughout."""
-    _init(rank, world_size, port)
-    ddp, state = _train(rank, 10, "auto", check_every=1)
-    torch.save({"stats": state.stats()}, f"{out_dir}/rank{rank}.pt")
-    del ddp, state
-    _shutdown()
