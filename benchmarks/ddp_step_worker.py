@@ -11,8 +11,9 @@ Methods: "allreduce" (DDP's built-in, no hook), "torch_fp16" / "torch_bf16"
 (powerSGD_hook / batched_powerSGD_hook at --powersgd-rank, error feedback and warm start on,
 min compression rate 2), and any gradcomp spec ("topk:ratio=0.01", "powersgd:rank=2", ...),
 optionally followed by hook options as "|name=value" ("sign|collective=two_phase",
-"topk:ratio=0.01|hierarchy=node"; an integer value is passed as an int). "auto" measures and
-plans during its first 5 steps: give it --warmup 6 or more so the timed steps run its plan.
+"topk:ratio=0.01|hierarchy=node"; a value is passed as an int or a float where it reads as
+one). "auto" measures in its first 6 steps and plans at the 7th: give it --warmup 8 or more so
+the timed steps run its plan.
 
 Bytes per step are what this rank hands to collectives: gradcomp's own counter, or, for
 PyTorch's hooks, a count of the tensors their collectives receive (DDP's built-in allreduce:
