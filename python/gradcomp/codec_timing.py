@@ -17,15 +17,11 @@ import torch
 
 from gradcomp import _C
 from gradcomp.config import resolve_config
+from gradcomp.link_probe import synchronize
 from gradcomp.planner import DENSE, BucketCost
 from gradcomp.plans import BucketLike, BucketPlans
 
 __all__ = ["dense_cost", "time_bucket_methods"]
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def dense_cost(bucket: BucketLike) -> BucketCost:
@@ -73,10 +69,10 @@ def time_bucket_methods(
         messages: list[torch.Tensor] = []
         for _ in range(repeats + 1):  # the first run allocates: not counted
             work = buffer.clone()
-            _synchronize(device)
+            synchronize(device)
             began = time.perf_counter()
             messages = codec.encode(work, 0, False, None)
-            _synchronize(device)
+            synchronize(device)
             encoded = time.perf_counter()
             received, used = [], []
             for (collective, _dtype, _numel, variable), message in zip(
@@ -88,10 +84,10 @@ def time_bucket_methods(
                     received.append(message.repeat(world_size))
                     if variable:
                         used = [message.numel()] * world_size
-            _synchronize(device)
+            synchronize(device)
             decoding = time.perf_counter()
             codec.decode(work, received, 0, used)
-            _synchronize(device)
+            synchronize(device)
             encodes.append(encoded - began)
             decodes.append(time.perf_counter() - decoding)
         sent: list[tuple[str, int]] = []

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from gradcomp.comm import _all_gather_single
 from gradcomp.planner import LinkFit, fit_link
 
-__all__ = ["ALLGATHER_SIZES", "ALLREDUCE_SIZES", "probe_link"]
+__all__ = ["ALLGATHER_SIZES", "ALLREDUCE_SIZES", "probe_link", "synchronize"]
 
 # Bytes per rank. Small enough to take well under a second on a 1 Gbit/s link at 8 ranks,
 # large enough that bandwidth dominates the largest.
@@ -26,7 +26,8 @@ ALLREDUCE_SIZES = (16 << 10, 256 << 10, 2 << 20, 8 << 20)
 ALLGATHER_SIZES = (4 << 10, 64 << 10, 512 << 10, 2 << 20)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work (CUDA), so that host timers time it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -38,10 +39,10 @@ def _timed(
     times = []
     for _ in range(repeats):
         dist.barrier(group=group)
-        _synchronize(device)
+        synchronize(device)
         began = time.perf_counter()
         run()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - began)
     return statistics.median(times)
 

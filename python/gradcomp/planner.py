@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from gradcomp.cost_model import Link
+from gradcomp.cost_model import Link, allgather_wire, allreduce_wire
 
 __all__ = [
     "BucketCost",
@@ -110,9 +110,9 @@ class BucketCost:
         return sum(nbytes for _, nbytes in self.messages)
 
     def wire_bytes(self, world_size: int) -> int:
-        ring = 2 * (world_size - 1) / world_size if world_size > 1 else 0.0
-        return int(
-            sum(n * (ring if c == "allreduce" else world_size - 1) for c, n in self.messages)
+        return sum(
+            allreduce_wire(n, world_size) if c == "allreduce" else allgather_wire(n, world_size)
+            for c, n in self.messages
         )
 
 
